@@ -1,0 +1,330 @@
+"""The ``datasetprep`` command line.
+
+* ``binarize``: a drop-in for Megatron-LM's ``tools/preprocess_data.py`` and NeMo's
+  ``preprocess_data_for_megatron.py`` flags, writing the same bytes.
+* ``inspect``: counts, dtype, length distribution, the first documents decoded.
+* ``merge``: Megatron's ``merge_datasets.py``, streaming.
+* ``run -f manifest.yaml``: run a DatasetPrep manifest on this machine, no cluster.
+* ``job``: the Job pod entrypoint (used by the operator).
+* ``operator``: run the Kubernetes operator.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _die(msg: str, code: int = 1) -> int:
+    print(f"datasetprep: error: {msg}", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
+# binarize
+# ---------------------------------------------------------------------------------------------
+
+
+def add_binarize(sub) -> None:
+    p = sub.add_parser(
+        "binarize", help="JSONL/Parquet/Arrow → Megatron .bin/.idx (preprocess_data.py compatible)",
+        description="Tokenize text records into Megatron-LM indexed datasets "
+        "{output_prefix}_{key}_document.bin/.idx, byte-identical to Megatron-LM's preprocess_data.py.",
+    )
+    p.add_argument("--input", nargs="+", required=True,
+                   help="input files, globs or save_to_disk folders (.jsonl/.json[.gz|.zst], .parquet, .arrow)")
+    p.add_argument("--output-prefix", required=True, help="output path prefix")
+    p.add_argument("--json-keys", nargs="+", default=["text"], help="fields to tokenize (one output each)")
+    p.add_argument("--tokenizer-type", default=None,
+                   help="SentencePieceTokenizer | HuggingFaceTokenizer | TikTokenizer | NullTokenizer | auto "
+                        "(or sentencepiece/huggingface/tiktoken/null). With NeMo's --tokenizer-library huggingface, "
+                        "the model path, as NeMo takes it")
+    p.add_argument("--tokenizer-library", default=None, help="NeMo's flag: sentencepiece | huggingface | tiktoken")
+    p.add_argument("--tokenizer-model", default=None, help="tokenizer file or folder")
+    p.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer vocabulary size")
+    p.add_argument("--eod-id", type=int, default=None, help="override the end-of-document id")
+    p.add_argument("--append-eod", action="store_true", help="append EOD to every non-empty document")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
+    p.add_argument("--partitions", type=int, default=1,
+                   help="Megatron's --partitions: reproduce its round-robin document order (no files left behind)")
+    p.add_argument("--keep-sequential-samples", action="store_true", help="with --partitions: keep input order")
+    p.add_argument("--dataset-impl", default="mmap", help="accepted for compatibility; only mmap exists")
+    p.add_argument("--split-sentences", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--tokenizer-hf-no-include-special-tokens", action="store_true",
+                   help="HF: do not add post-processor special tokens (e.g. BOS)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.add_argument("--chunk-mib", type=float, default=16, help="work unit size (advanced)")
+    p.add_argument("--no-native", action="store_true", help="never use the native BPE engine")
+    p.set_defaults(func=cmd_binarize)
+
+
+def _tokenizer_args(a) -> tuple[str, str | None]:
+    kind = a.tokenizer_type
+    path = a.tokenizer_model
+    if a.tokenizer_library:
+        lib = a.tokenizer_library.lower()
+        if lib == "megatron":
+            raise ValueError("--tokenizer-library megatron (GPT-2 vocab/merges files) is not supported; "
+                             "convert to a tokenizer.json and use huggingface")
+        if lib == "huggingface" and path is None and kind:
+            path, kind = kind, "huggingface"  # NeMo passes the model name/path in --tokenizer-type
+        else:
+            kind = lib
+    return kind or "auto", path
+
+
+def cmd_binarize(a) -> int:
+    from . import pipeline, progress, readers, tokenization
+
+    if a.dataset_impl != "mmap":
+        return _die(f"--dataset-impl {a.dataset_impl} is a legacy format; only mmap (MMIDIDX) is written", 2)
+    if a.split_sentences:
+        return _die("--split-sentences (NLTK sentence splitting) is not supported; give list-valued fields "
+                    "instead: each list element becomes its own sequence", 2)
+    if a.workers < 1:
+        return _die("--workers must be at least 1", 2)
+    kind, path = _tokenizer_args(a)
+    cfg = tokenization.resolve_config(kind, path, vocab_size=a.vocab_size, eod_id=a.eod_id,
+                                      add_special_tokens=not a.tokenizer_hf_no_include_special_tokens,
+                                      use_native=not a.no_native)
+    inputs = readers.expand_inputs(a.input)
+    prog = progress.make(not a.no_progress)
+    req = pipeline.Request(
+        inputs=inputs, output_prefix=a.output_prefix, tokenizer=cfg, keys=tuple(a.json_keys),
+        append_eod=a.append_eod, workers=a.workers, overwrite=a.overwrite,
+        chunk_bytes=max(1, int(a.chunk_mib * 2**20)), partitions=a.partitions,
+        keep_sequential=a.keep_sequential_samples, progress=prog,
+    )
+    try:
+        m = pipeline.run(req)
+    finally:
+        if prog:
+            prog.close()
+    for o in m["outputs"]:
+        print(f"wrote {Path(a.output_prefix).parent / o['prefix']}.{{bin,idx}}: {o['documents']:,} documents, "
+              f"{o['sequences']:,} sequences, {o['tokens']:,} tokens ({o['dtype']})")
+    print(f"in {m['stats']['seconds']:.2f} s with {a.workers} worker(s); manifest "
+          f"{pipeline.manifest_path(a.output_prefix)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect / merge
+# ---------------------------------------------------------------------------------------------
+
+
+def add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="counts, dtype, lengths and the first documents of a dataset")
+    p.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
+    p.add_argument("--tokenizer-model", default=None, help="decode documents with this tokenizer")
+    p.add_argument("--tokenizer-type", default="auto")
+    p.add_argument("--vocab-size", type=int, default=None)
+    p.add_argument("-n", "--num-docs", type=int, default=3, help="documents to show")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
+
+
+def inspect_dataset(prefix: str, n: int = 3, tok=None) -> dict:
+    import numpy as np
+
+    from .indexed import IndexedDataset
+
+    prefix = prefix[:-4] if prefix.endswith((".bin", ".idx")) else prefix
+    ds = IndexedDataset(prefix)
+    lens = ds.sequence_lengths.astype(np.int64)
+    di = np.asarray(ds.document_indices)
+    doc_seqs = np.diff(di)
+    info = {
+        "prefix": prefix, "dtype": ds.dtype.name, "documents": ds.num_documents, "sequences": ds.num_sequences,
+        "tokens": ds.num_tokens, "empty_documents": int((doc_seqs == 0).sum()), "multimodal": ds.multimodal,
+        "sequence_length": {} if not len(lens) else {
+            "min": int(lens.min()), "mean": round(float(lens.mean()), 1),
+            "p50": int(np.percentile(lens, 50)), "p90": int(np.percentile(lens, 90)),
+            "p99": int(np.percentile(lens, 99)), "max": int(lens.max())},
+        "first_documents": [],
+    }
+    for d in range(min(n, ds.num_documents)):
+        ids = ds.document(d)
+        entry = {"index": d, "tokens": int(len(ids)), "ids_head": [int(x) for x in ids[:16]]}
+        if tok is not None:
+            entry["text"] = tok.decode(ids)[:500]
+        info["first_documents"].append(entry)
+    return info
+
+
+def cmd_inspect(a) -> int:
+    from . import tokenization
+
+    tok = None
+    if a.tokenizer_model or (a.tokenizer_type and a.tokenizer_type.lower().startswith("null")):
+        tok = tokenization.load_tokenizer(a.tokenizer_type, a.tokenizer_model, vocab_size=a.vocab_size)
+    info = inspect_dataset(a.prefix, a.num_docs, tok)
+    if a.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{info['prefix']}: {info['documents']:,} documents ({info['empty_documents']:,} empty), "
+          f"{info['sequences']:,} sequences, {info['tokens']:,} tokens, dtype {info['dtype']}")
+    if info["sequence_length"]:
+        s = info["sequence_length"]
+        print(f"sequence length: min {s['min']}, mean {s['mean']}, p50 {s['p50']}, p90 {s['p90']}, "
+              f"p99 {s['p99']}, max {s['max']}")
+    for d in info["first_documents"]:
+        print(f"--- document {d['index']} ({d['tokens']} tokens) ids {d['ids_head']}")
+        if "text" in d:
+            print(d["text"])
+    return 0
+
+
+def add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="merge datasets (like Megatron's merge_datasets.py), streaming")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="dataset prefixes in order, or one folder (its pairs in lexicographic order)")
+    p.add_argument("--output-prefix", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_merge(a) -> int:
+    from .merge import merge
+
+    info = merge(a.input, a.output_prefix, a.overwrite)
+    print(f"wrote {a.output_prefix}.{{bin,idx}}: {info['documents']:,} documents, {info['sequences']:,} sequences, "
+          f"{info['tokens']:,} tokens ({info['dtype']}) from {len(info['inputs'])} inputs in {info['seconds']} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# run / job / operator
+# ---------------------------------------------------------------------------------------------
+
+
+def add_run(sub) -> None:
+    p = sub.add_parser("run", help="run a DatasetPrep manifest on this machine (no cluster)")
+    p.add_argument("-f", "--filename", required=True, help="DatasetPrep YAML (kind DatasetPrep, or its spec)")
+    p.add_argument("--volume", action="append", default=[], metavar="CLAIM=DIR",
+                   help="local folder for a claim (default: every claim is the manifest's folder)")
+    p.add_argument("--workers", type=int, default=None, help="override spec.workers")
+    p.add_argument("--overwrite", action="store_true", help="replace an output made from other inputs/settings")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+
+def load_manifest_spec(path: str):
+    import yaml
+
+    from .spec import API_VERSION, KIND, parse_spec
+
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text(encoding="utf-8")) if d]
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {e}") from None
+    for d in docs:
+        if isinstance(d, dict) and d.get("kind") == KIND:
+            if d.get("apiVersion") != API_VERSION:
+                raise ValueError(f"{path}: apiVersion must be {API_VERSION}, got {d.get('apiVersion')}")
+            return (d.get("metadata") or {}).get("name", "local"), parse_spec(d.get("spec") or {})
+    if len(docs) == 1 and isinstance(docs[0], dict) and "source" in docs[0]:
+        return "local", parse_spec(docs[0])
+    raise ValueError(f"{path} holds no {KIND} (apiVersion {API_VERSION})")
+
+
+def cmd_run(a) -> int:
+    from . import progress
+    from .runner import run_spec
+
+    name, spec = load_manifest_spec(a.filename)
+    base = Path(a.filename).resolve().parent
+    claims = {spec.output.claim_name}
+    if spec.source.files and spec.source.files.claim_name:
+        claims.add(spec.source.files.claim_name)
+    if spec.tokenizer.path and spec.tokenizer.path.claim_name:
+        claims.add(spec.tokenizer.path.claim_name)
+    volumes = {c: base for c in claims}
+    for v in a.volume:
+        if "=" not in v:
+            raise ValueError(f"--volume {v!r}: expected CLAIM=DIR")
+        c, d = v.split("=", 1)
+        volumes[c] = Path(d).resolve()
+    token = os.environ.get("HF_TOKEN") or None
+    prog = progress.make(not a.no_progress)
+    try:
+        res = run_spec(spec, volumes, token=token, workers=a.workers, overwrite=a.overwrite, progress=prog,
+                       log=lambda m: print(m, file=sys.stderr))
+    finally:
+        if prog:
+            prog.close()
+    root = volumes[spec.output.claim_name]
+    verb = "reused" if res["reused"] else "wrote"
+    for o in res["outputs"]:
+        print(f"{name}: {verb} {root / o['prefix']}.{{bin,idx}}: {o['documents']:,} documents, "
+              f"{o['tokens']:,} tokens ({o['dtype']})")
+    return 0
+
+
+def add_job(sub) -> None:
+    p = sub.add_parser("job", help="Job pod entrypoint (reads DATASETPREP_SPEC; used by the operator)")
+    p.set_defaults(func=lambda a: __import__("datasetprep.job", fromlist=["main"]).main([]))
+
+
+def add_operator(sub) -> None:
+    p = sub.add_parser("operator", help="run the Kubernetes operator")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--namespace", "-n", action="append", default=None, help="watch this namespace (repeatable)")
+    g.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' to disable)")
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 to disable)")
+    p.add_argument("--peering", default=None, help="kopf peering name for several replicas (default: standalone)")
+    p.set_defaults(func=cmd_operator)
+
+
+def cmd_operator(a) -> int:
+    from datasetprep_operator import cli as op_cli
+
+    return op_cli.run(
+        namespaces=a.namespace, all_namespaces=a.all_namespaces or not a.namespace,
+        liveness=a.liveness or None, metrics_port=a.metrics_port or None,
+        peering=a.peering, standalone=a.peering is None,
+    ) or 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="datasetprep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"datasetprep {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (add_binarize, add_inspect, add_merge, add_run, add_job, add_operator):
+        add(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "job":
+        return args.func(args)
+    from .errors import user_message
+
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return _die("interrupted; nothing was published", 130)
+    except Exception as e:
+        if e.__class__.__name__ == "ValidationError":
+            from .spec import format_validation_error
+
+            return _die(format_validation_error(e), 2)
+        if os.environ.get("DATASETPREP_DEBUG"):
+            raise
+        return _die(user_message(e))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

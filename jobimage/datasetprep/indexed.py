@@ -1,0 +1,354 @@
+"""Megatron-Core indexed dataset format ("MMIDIDX"): the one place that knows the bytes.
+
+A dataset is a pair sharing a path prefix: ``P.bin`` (the token ids of every sequence, back to back,
+no header) and ``P.idx``::
+
+    magic b"MMIDIDX\\x00\\x00" | u64 version=1 | u8 dtype code | u64 S | u64 D1
+    int32[S] sequence lengths | int64[S] sequence byte pointers | int64[D1] document indices
+
+all little-endian and unaligned.  ``document_indices`` starts at 0 and entry i+1 is the sequence
+index where document i ends, so an empty document repeats the previous value.  This mirrors
+``megatron/core/datasets/indexed_dataset.py`` (``DType``, ``_IndexWriter``) and is checked byte for
+byte against the upstream tool's output in ``tests/test_golden.py``.
+
+Writers here never hold the index arrays of a whole dataset in memory: lengths and document
+boundaries stream to side files and the ``.idx`` is assembled from them in fixed-size blocks.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+import numpy as np
+
+MAGIC = b"MMIDIDX\x00\x00"
+VERSION = 1
+HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, S, D1  (34 bytes)
+
+# Megatron-Core dtype codes (NeMo/legacy map 7 to float64; the tools only write 4 and 8).
+DTYPE_CODES: dict[int, np.dtype] = {
+    1: np.dtype(np.uint8),
+    2: np.dtype(np.int8),
+    3: np.dtype(np.int16),
+    4: np.dtype(np.int32),
+    5: np.dtype(np.int64),
+    6: np.dtype(np.float64),
+    7: np.dtype(np.float32),
+    8: np.dtype(np.uint16),
+}
+CODE_OF = {v: k for k, v in DTYPE_CODES.items()}
+
+BLOCK = 1 << 20  # elements per block when streaming index arrays
+
+
+class FormatError(ValueError):
+    """A file is not a valid MMIDIDX dataset."""
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    """Megatron's rule: uint16 when the vocabulary size is below 65500, else int32."""
+    return np.dtype(np.uint16) if vocab_size is not None and vocab_size < 65500 else np.dtype(np.int32)
+
+
+def bin_path(prefix: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(prefix)}.bin")
+
+
+def idx_path(prefix: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(prefix)}.idx")
+
+
+def output_prefix(prefix: str | os.PathLike, key: str, level: str = "document") -> str:
+    """``{prefix}_{key}_{level}``, the naming of Megatron-LM's preprocess_data.py."""
+    return f"{os.fspath(prefix)}_{key}_{level}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts: what one worker writes for one chunk of input.
+# ---------------------------------------------------------------------------------------------
+
+
+class PartWriter:
+    """Writes one part: tokens to ``base.bin``, sequence lengths (int32) to ``base.len`` and the
+    number of sequences of each document (int32) to ``base.doc``.
+
+    Parts are concatenated into the final dataset by :func:`assemble`.  Buffers are flushed in
+    blocks, so memory is bounded by the largest document plus the block size.
+    """
+
+    def __init__(self, base: str | os.PathLike, dtype: np.dtype):
+        self.base = os.fspath(base)
+        self.dtype = np.dtype(dtype)
+        self._bin = open(self.base + ".bin", "wb", buffering=1 << 20)
+        self._len = open(self.base + ".len", "wb", buffering=1 << 16)
+        self._doc = open(self.base + ".doc", "wb", buffering=1 << 16)
+        self._lens: list[int] = []
+        self._docs: list[int] = []
+        self.documents = 0
+        self.sequences = 0
+        self.tokens = 0
+        self.max_document_tokens = 0
+
+    def add_document(self, sequences: list[np.ndarray]) -> None:
+        """Add one document made of zero or more non-empty sequences."""
+        n_tok = 0
+        for seq in sequences:
+            n = int(seq.shape[0])
+            self._bin.write(seq.astype(self.dtype, copy=False).tobytes())
+            self._lens.append(n)
+            n_tok += n
+        self._docs.append(len(sequences))
+        self.documents += 1
+        self.sequences += len(sequences)
+        self.tokens += n_tok
+        if n_tok > self.max_document_tokens:
+            self.max_document_tokens = n_tok
+        if len(self._lens) >= BLOCK or len(self._docs) >= BLOCK:
+            self._flush_index()
+
+    def add_packed(self, tokens: np.ndarray, seq_lens: np.ndarray, docs: np.ndarray) -> None:
+        """Add many documents at once: ``tokens`` back to back, ``seq_lens`` per sequence (all > 0)
+        and ``docs`` the number of sequences of each document."""
+        self._bin.write(tokens.astype(self.dtype, copy=False).tobytes())
+        self._flush_index()
+        self._len.write(np.asarray(seq_lens, dtype="<i4").tobytes())
+        self._doc.write(np.asarray(docs, dtype="<i4").tobytes())
+        self.documents += int(len(docs))
+        self.sequences += int(len(seq_lens))
+        self.tokens += int(tokens.shape[0])
+
+    def _flush_index(self) -> None:
+        if self._lens:
+            self._len.write(np.asarray(self._lens, dtype="<i4").tobytes())
+            self._lens.clear()
+        if self._docs:
+            self._doc.write(np.asarray(self._docs, dtype="<i4").tobytes())
+            self._docs.clear()
+
+    def close(self) -> "PartInfo":
+        self._flush_index()
+        for f in (self._bin, self._len, self._doc):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        return PartInfo(self.base, self.documents, self.sequences, self.tokens, self.max_document_tokens)
+
+    def abort(self) -> None:
+        for f in (self._bin, self._len, self._doc):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """A finished part, as a source for :func:`assemble`."""
+
+    base: str
+    documents: int
+    sequences: int
+    tokens: int
+    max_document_tokens: int = 0
+
+    @property
+    def bin_file(self) -> str:
+        return self.base + ".bin"
+
+    def length_blocks(self) -> Iterator[np.ndarray]:
+        return _read_blocks(self.base + ".len", "<i4")
+
+    def doc_blocks(self) -> Iterator[np.ndarray]:
+        return _read_blocks(self.base + ".doc", "<i4")
+
+
+class DatasetSource:
+    """An existing dataset as a source for :func:`assemble` (used by merge)."""
+
+    def __init__(self, ds: "IndexedDataset"):
+        self.ds = ds
+        self.bin_file = os.fspath(bin_path(ds.prefix))
+        self.documents = ds.num_documents
+        self.sequences = ds.num_sequences
+        self.tokens = ds.num_tokens
+        self.max_document_tokens = 0
+
+    def length_blocks(self) -> Iterator[np.ndarray]:
+        lens = self.ds.sequence_lengths
+        for i in range(0, len(lens), BLOCK):
+            yield np.asarray(lens[i : i + BLOCK])
+
+    def doc_blocks(self) -> Iterator[np.ndarray]:
+        di = self.ds.document_indices
+        for i in range(0, len(di) - 1, BLOCK):
+            yield np.diff(np.asarray(di[i : i + BLOCK + 1])).astype("<i4")
+
+
+def _read_blocks(path: str, dtype: str, block: int = BLOCK) -> Iterator[np.ndarray]:
+    item = np.dtype(dtype).itemsize
+    with open(path, "rb") as f:
+        while True:
+            buf = f.read(block * item)
+            if not buf:
+                return
+            yield np.frombuffer(buf, dtype=dtype)
+
+
+class _HashingWriter:
+    """File writer that feeds a sha256 as it goes."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def write(self, data) -> None:
+        mv = memoryview(data).cast("B")
+        self.h.update(mv)
+        self.f.write(mv)
+        self.n += len(mv)
+
+
+def assemble(parts: list, prefix: str, dtype: np.dtype) -> dict:
+    """Concatenate parts (in order) into ``prefix.bin`` and ``prefix.idx``; streams everything.
+
+    Returns counts and the sha256 of both files.  The caller chooses temporary prefixes and
+    renames them when every output is complete.
+    """
+    dtype = np.dtype(dtype)
+    S = sum(p.sequences for p in parts)
+    D = sum(p.documents for p in parts)
+    with open(prefix + ".bin", "wb") as fb:
+        hb = _HashingWriter(fb)
+        for p in parts:
+            with open(p.bin_file, "rb") as src:
+                while True:
+                    buf = src.read(8 << 20)
+                    if not buf:
+                        break
+                    hb.write(buf)
+        fb.flush()
+        os.fsync(fb.fileno())
+    itemsize = dtype.itemsize
+    with open(prefix + ".idx", "wb", buffering=1 << 20) as fi:
+        hi = _HashingWriter(fi)
+        hi.write(HEADER.pack(MAGIC, VERSION, CODE_OF[dtype], S, D + 1))
+        # sequence lengths
+        for p in parts:
+            for blk in p.length_blocks():
+                hi.write(blk.astype("<i4", copy=False).tobytes())
+        # sequence pointers: running int64 sum of lengths * itemsize, starting at 0
+        offset = 0
+        for p in parts:
+            for blk in p.length_blocks():
+                sizes = blk.astype(np.int64) * itemsize
+                ptr = np.empty_like(sizes)
+                ptr[0] = offset
+                if len(sizes) > 1:
+                    np.cumsum(sizes[:-1], out=ptr[1:])
+                    ptr[1:] += offset
+                offset += int(sizes.sum())
+                hi.write(ptr.astype("<i8").tobytes())
+        # document indices: 0, then the running sequence count at each document end
+        hi.write(np.zeros(1, dtype="<i8").tobytes())
+        seq_so_far = 0
+        for p in parts:
+            for blk in p.doc_blocks():
+                ends = np.cumsum(blk.astype(np.int64)) + seq_so_far
+                seq_so_far = int(ends[-1]) if len(ends) else seq_so_far
+                hi.write(ends.astype("<i8").tobytes())
+        fi.flush()
+        os.fsync(fi.fileno())
+    if seq_so_far != S:
+        raise FormatError(f"internal error: document indices end at {seq_so_far}, expected {S} sequences")
+    return {
+        "documents": D,
+        "sequences": S,
+        "tokens": sum(p.tokens for p in parts),
+        "dtype": dtype.name,
+        "bin_bytes": hb.n,
+        "idx_bytes": hi.n,
+        "bin_sha256": hb.h.hexdigest(),
+        "idx_sha256": hi.h.hexdigest(),
+        "max_document_tokens": max((p.max_document_tokens for p in parts), default=0),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+class IndexedDataset:
+    """Memory-mapped reader of a ``.bin``/``.idx`` pair, validating every invariant."""
+
+    def __init__(self, prefix: str | os.PathLike):
+        self.prefix = os.fspath(prefix)
+        ip, bp = idx_path(self.prefix), bin_path(self.prefix)
+        for p in (ip, bp):
+            if not p.exists():
+                raise FormatError(f"{p} does not exist (expected the pair {bp.name} + {ip.name})")
+        size = ip.stat().st_size
+        if size < HEADER.size:
+            raise FormatError(f"{ip} is {size} bytes, shorter than the 34-byte MMIDIDX header")
+        with open(ip, "rb") as f:
+            magic, version, code, S, D1 = HEADER.unpack(f.read(HEADER.size))
+        if magic != MAGIC:
+            raise FormatError(f"{ip} is not a Megatron MMIDIDX index (magic {magic!r})")
+        if version != VERSION:
+            raise FormatError(f"{ip} has index version {version}, only version 1 exists")
+        if code not in DTYPE_CODES:
+            raise FormatError(f"{ip} has unknown dtype code {code}")
+        self.dtype = DTYPE_CODES[code]
+        expected = HEADER.size + 12 * S + 8 * D1
+        if size not in (expected, expected + S):
+            raise FormatError(f"{ip} is {size} bytes but its header says {expected} (S={S}, D1={D1})")
+        self.multimodal = size == expected + S and S > 0
+        idx = np.memmap(ip, dtype=np.uint8, mode="r")
+        o = HEADER.size
+        self.sequence_lengths = np.frombuffer(idx, dtype="<i4", count=S, offset=o)
+        self.sequence_pointers = np.frombuffer(idx, dtype="<i8", count=S, offset=o + 4 * S)
+        self.document_indices = np.frombuffer(idx, dtype="<i8", count=D1, offset=o + 12 * S)
+        if D1 < 1 or self.document_indices[0] != 0 or self.document_indices[-1] != S:
+            raise FormatError(f"{ip}: document indices must run from 0 to {S}")
+        if D1 > 1 and np.any(np.diff(self.document_indices) < 0):
+            raise FormatError(f"{ip}: document indices decrease")
+        bsize = bp.stat().st_size
+        itemsize = self.dtype.itemsize
+        total = int(self.sequence_lengths.astype(np.int64).sum()) * itemsize
+        if bsize != total:
+            raise FormatError(f"{bp} is {bsize} bytes but the index describes {total}")
+        self._bin = np.memmap(bp, dtype=self.dtype, mode="r") if bsize else np.zeros(0, self.dtype)
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.sequence_lengths.shape[0])
+
+    @property
+    def num_documents(self) -> int:
+        return int(self.document_indices.shape[0]) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.sequence_lengths.astype(np.int64).sum())
+
+    def sequence(self, i: int) -> np.ndarray:
+        start = int(self.sequence_pointers[i]) // self.dtype.itemsize
+        return np.asarray(self._bin[start : start + int(self.sequence_lengths[i])])
+
+    def document(self, d: int) -> np.ndarray:
+        """All tokens of document d (its sequences concatenated)."""
+        a, b = int(self.document_indices[d]), int(self.document_indices[d + 1])
+        if a == b:
+            return np.zeros(0, dtype=self.dtype)
+        start = int(self.sequence_pointers[a]) // self.dtype.itemsize
+        n = int(self.sequence_lengths[a:b].astype(np.int64).sum())
+        return np.asarray(self._bin[start : start + n])
+
+    def documents(self) -> Iterable[np.ndarray]:
+        for d in range(self.num_documents):
+            yield self.document(d)

@@ -1,0 +1,107 @@
+"""The Job pod entrypoint (``datasetprep job``).
+
+The operator hands the work order over in the environment:
+
+* ``DATASETPREP_SPEC``: the DatasetPrep spec as JSON (camelCase; it holds no secret);
+* ``DATASETPREP_VOLUMES``: JSON object claim name → mount path;
+* ``HF_TOKEN``: only through ``secretKeyRef`` (or ``HF_TOKEN_FILE``), never a literal.
+
+The result goes to the termination message (``/dev/termination-log``, or
+``DATASETPREP_TERMINATION_LOG``) as compact JSON, which the operator reads from the pod status:
+``{"ok": true, "outputs": [...], "tokenizer": {...}, "fingerprint": ..., "resolved_revision": ...}`` or
+``{"ok": false, "error": "<message for users>"}`` with exit code 1.  Kubernetes keeps at most
+4096 bytes of it, so it stays compact.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import progress as progress_mod
+from .errors import user_message
+from .runner import run_spec
+from .spec import format_validation_error, parse_spec
+
+TERMINATION_LOG = "/dev/termination-log"
+MAX_MESSAGE = 4000
+
+
+def _termination_path() -> str:
+    return os.environ.get("DATASETPREP_TERMINATION_LOG", TERMINATION_LOG)
+
+
+def write_termination(doc: dict) -> None:
+    text = json.dumps(doc, separators=(",", ":"), sort_keys=True)
+    if len(text) > MAX_MESSAGE and doc.get("ok"):
+        doc = dict(doc)
+        for o in doc.get("outputs", []):
+            o.pop("idx_sha256", None)
+        text = json.dumps(doc, separators=(",", ":"), sort_keys=True)[:MAX_MESSAGE]
+    elif len(text) > MAX_MESSAGE:
+        doc = {"ok": False, "error": doc.get("error", "")[: MAX_MESSAGE - 40]}
+        text = json.dumps(doc, separators=(",", ":"))
+    try:
+        with open(_termination_path(), "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError:
+        pass  # not in a pod (or no termination log): stdout still has it
+    print(f"result: {text}", flush=True)
+
+
+def _token() -> str | None:
+    tok = os.environ.get("HF_TOKEN") or None
+    path = os.environ.get("HF_TOKEN_FILE")
+    if not tok and path:
+        try:
+            tok = Path(path).read_text().strip() or None
+        except OSError as e:
+            raise ValueError(f"HF_TOKEN_FILE {path} cannot be read: {e.strerror}") from None
+    return tok
+
+
+class _Redact(logging.Filter):
+    def __init__(self, secret: str):
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if self.secret in msg:
+            record.msg, record.args = msg.replace(self.secret, "***"), None
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    log = logging.getLogger("datasetprep.job")
+    token = None
+    try:
+        raw = os.environ.get("DATASETPREP_SPEC")
+        if not raw:
+            raise ValueError("DATASETPREP_SPEC is not set: the operator passes the spec as JSON in it")
+        try:
+            spec = parse_spec(json.loads(raw))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"DATASETPREP_SPEC is not valid JSON ({e.msg})") from None
+        volumes = json.loads(os.environ.get("DATASETPREP_VOLUMES") or "{}")
+        if not volumes:
+            volumes = {spec.output.claim_name: spec.output.mount_path}
+        token = _token()
+        if token:
+            for h in logging.getLogger().handlers:
+                h.addFilter(_Redact(token))
+        result = run_spec(spec, volumes, token=token, overwrite=True,
+                          progress=progress_mod.PlainProgress(sys.stdout, interval=5.0), log=log.info)
+        result.pop("manifest", None)
+        write_termination(result)
+        return 0
+    except Exception as e:  # every failure ends as a message for the user, not a traceback
+        msg = format_validation_error(e) if e.__class__.__name__ == "ValidationError" else user_message(e)
+        if token:
+            msg = msg.replace(token, "***")
+        log.error("%s", msg)
+        write_termination({"ok": False, "error": msg})
+        return 1

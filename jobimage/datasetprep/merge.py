@@ -1,0 +1,75 @@
+"""Merge indexed datasets (Megatron-LM's ``tools/merge_datasets.py``), streaming, atomically."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from . import indexed
+from .pipeline import BinarizeError, _fsync_dir
+
+
+def prefixes_in_dir(d: Path) -> list[str]:
+    """Every ``X.bin``/``X.idx`` pair in a folder, in lexicographic order of the names (as upstream).
+    A file without its partner is an error naming it."""
+    names = sorted(p.name for p in d.iterdir() if p.is_file() and p.suffix in (".bin", ".idx"))
+    stems = sorted({n[:-4] for n in names})
+    for s in stems:
+        for ext in (".bin", ".idx"):
+            if s + ext not in names:
+                raise BinarizeError(f"{d / (s + ext)} is missing: every .bin needs its .idx and vice versa")
+    if not stems:
+        raise BinarizeError(f"{d} holds no .bin/.idx pairs")
+    return [os.fspath(d / s) for s in stems]
+
+
+def merge(inputs: list[str], output_prefix: str, overwrite: bool = False) -> dict:
+    """Concatenate datasets in the given order into ``output_prefix.bin/.idx``."""
+    if len(inputs) == 1 and Path(inputs[0]).is_dir():
+        inputs = prefixes_in_dir(Path(inputs[0]))
+    if not inputs:
+        raise BinarizeError("merge needs at least one input prefix")
+    sources = []
+    for p in inputs:
+        p = p[:-4] if p.endswith((".bin", ".idx")) else p
+        ds = indexed.IndexedDataset(p)
+        if ds.multimodal:
+            raise BinarizeError(f"{p} is a multimodal dataset (it has sequence modes); merge handles text datasets")
+        sources.append(indexed.DatasetSource(ds))
+    dtypes = {s.ds.dtype.name for s in sources}
+    if len(dtypes) > 1:
+        detail = ", ".join(f"{Path(s.ds.prefix).name}={s.ds.dtype.name}" for s in sources)
+        raise BinarizeError(
+            f"cannot merge datasets of different token dtypes ({detail}): they were made with tokenizers of "
+            "different vocabulary sizes; re-binarize them with the same tokenizer"
+        )
+    out = Path(output_prefix)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    finals = [indexed.bin_path(output_prefix), indexed.idx_path(output_prefix)]
+    existing = [p for p in finals if p.exists()]
+    if existing and not overwrite:
+        raise BinarizeError(f"output {existing[0]} already exists; pass --overwrite to replace it")
+    in_paths = {os.path.realpath(indexed.bin_path(s.ds.prefix)) for s in sources}
+    if any(os.path.realpath(p) in in_paths for p in finals):
+        raise BinarizeError("the output prefix is one of the inputs; choose another output prefix")
+    tmp = out.parent / f".datasetprep-tmp-merge-{out.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    t0 = time.time()
+    try:
+        info = indexed.assemble(sources, os.fspath(tmp / "out"), sources[0].ds.dtype)
+        os.replace(tmp / "out.bin", finals[0])
+        os.replace(tmp / "out.idx", finals[1])
+        _fsync_dir(out.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info["inputs"] = [s.ds.prefix for s in sources]
+    info["seconds"] = round(time.time() - t0, 3)
+    info.pop("max_document_tokens", None)
+    return info
+
+
+def main_print(info: dict) -> None:  # pragma: no cover - CLI helper
+    print(json.dumps(info, indent=2))

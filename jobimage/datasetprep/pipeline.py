@@ -1,0 +1,477 @@
+"""The parallel binarization pipeline.
+
+plan → W worker processes → parts → streaming concatenation → atomic publish.
+
+* The input is cut into chunks (``readers.plan_chunks``).  Each worker process loads the tokenizer
+  once, takes chunks, and writes one *part* per chunk and text key straight to disk; no process
+  ever receives every token.
+* The parts are concatenated in plan order (``indexed.assemble``), so the bytes are the same for
+  any number of workers, and equal to Megatron-LM's single-stream output.
+* Everything is written under a hidden temporary folder next to the output; the final names only
+  appear by ``rename`` once every output is complete and fsynced, followed by the manifest.  An
+  error anywhere (in any worker) stops the run within seconds and leaves nothing under the final
+  names.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__, indexed, readers, tokenization
+from .readers import Chunk, InputError
+from .tokenization import TokenizerConfig, TokenizerError
+
+FORMAT_VERSION = 1  # bump when the bytes we write for the same input could change
+CHUNK_BYTES = 16 << 20
+
+
+class BinarizeError(RuntimeError):
+    """A run failed; the message is for users (what is wrong and how to fix it)."""
+
+
+@dataclass
+class Request:
+    """One binarization: inputs → ``{output_prefix}_{key}_document.{bin,idx}`` per key."""
+
+    inputs: list[Path]
+    output_prefix: str
+    tokenizer: TokenizerConfig
+    keys: tuple[str, ...] = ("text",)
+    append_eod: bool = False
+    workers: int = 1
+    overwrite: bool = False
+    chunk_bytes: int = CHUNK_BYTES
+    level: str = "document"
+    partitions: int = 1  # Megatron's --partitions K (round-robin document order)
+    keep_sequential: bool = False  # with partitions: Megatron's --keep-sequential-samples (order kept)
+    progress: Callable[[dict], None] | None = None
+    manifest_extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+# ---------------------------------------------------------------------------------------------
+
+
+class _Worker:
+    """Per-process state: the tokenizer and run constants (set once by the pool initializer)."""
+
+    tok: tokenization.Tokenizer | None = None
+    keys: tuple[str, ...] = ()
+    append_eod = False
+    dtype = np.dtype(np.uint16)
+    queue = None
+
+
+def _init_worker(cfg: TokenizerConfig, keys, append_eod: bool, dtype: str, queue) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    _Worker.tok = tokenization.load(cfg)
+    _Worker.keys = tuple(keys)
+    _Worker.append_eod = append_eod
+    _Worker.dtype = np.dtype(dtype)
+    _Worker.queue = queue
+
+
+def pack(ids_list: list, eod: int | None, dtype: np.dtype, where: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Documents' ids → (tokens back to back with EODs, sequence lengths, sequences per document).
+
+    Empty documents give no sequence and no EOD, as Megatron-LM does.
+    """
+    n = len(ids_list)
+    lens = np.fromiter(map(len, ids_list), dtype=np.int64, count=n)
+    total = int(lens.sum())
+    if n and isinstance(ids_list[0], np.ndarray):
+        flat = np.concatenate(ids_list).astype(np.int64, copy=False) if total else np.zeros(0, np.int64)
+    else:
+        flat = np.fromiter(chain.from_iterable(ids_list), dtype=np.int64, count=total)
+    if total:
+        lo, hi = int(flat.min()), int(flat.max())
+        info = np.iinfo(dtype)
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise TokenizerError(
+                f"{where}token id {bad} does not fit the output dtype {np.dtype(dtype).name} (chosen from the "
+                "tokenizer's vocabulary size, as Megatron-LM does); the tokenizer produced an id outside its "
+                "vocabulary — check --vocab-size / the tokenizer file"
+            )
+    nonempty = lens > 0
+    if eod is not None:
+        out_lens = lens + nonempty
+        out = np.empty(total + int(nonempty.sum()), dtype=dtype)
+        eod_pos = np.cumsum(out_lens)[nonempty] - 1
+        mask = np.ones(out.shape[0], dtype=bool)
+        mask[eod_pos] = False
+        out[mask] = flat
+        out[eod_pos] = eod
+        seq_lens = out_lens[nonempty]
+    else:
+        out = flat.astype(dtype)
+        seq_lens = lens[nonempty]
+    return out, seq_lens, nonempty.astype(np.int32)
+
+
+def _encode_texts(tok, texts: list[str], where: Callable[[int], str]) -> list:
+    try:
+        return tok.encode_many(texts)
+    except Exception:
+        pass
+    out = []  # find the record that broke the batch, to name it
+    for i, t in enumerate(texts):
+        try:
+            out.append(tok.encode(t))
+        except Exception as e:
+            msg = str(e)
+            if isinstance(e, UnicodeError) or "surrogate" in msg:
+                msg = "the text holds a lone UTF-16 surrogate (invalid Unicode); fix the escape in the source"
+            raise TokenizerError(f"{where(i)}: the tokenizer failed: {msg}") from None
+    return out
+
+
+def _write_sentence_docs(writer, tok, values, eod, dtype, where):
+    """Slow path for list-valued fields: each element is its own sequence (Megatron's behaviour)."""
+    for i, v in enumerate(values):
+        parts = v if isinstance(v, list) else [v]
+        seqs = []
+        for s in parts:
+            ids = tok.encode(s)
+            if len(ids):
+                seqs.append(np.asarray(ids, dtype=np.int64))
+        if seqs and eod is not None:
+            seqs[-1] = np.append(seqs[-1], eod)
+        arrs = []
+        for s in seqs:
+            toks, _, _ = pack([s], None, dtype, where(i) + ": ")
+            arrs.append(toks)
+        writer.add_document(arrs)
+
+
+def process_chunk(index: int, chunk: Chunk, part_dir: str) -> dict:
+    """Tokenize one chunk into one part per key.  Runs in a worker process (or inline for W=1)."""
+    tok = _Worker.tok
+    keys = _Worker.keys
+    eod = tok.eod if _Worker.append_eod else None
+    dtype = _Worker.dtype
+    writers = [indexed.PartWriter(os.path.join(part_dir, f"{index:08d}.{k}"), dtype) for k in range(len(keys))]
+    docs = 0
+    last = time.monotonic()
+    pend_bytes = pend_docs = pend_tokens = 0
+    try:
+        for records, nbytes in readers.read_chunk(chunk, keys):
+            for k, w in enumerate(writers):
+                values = [r[k] for r in records]
+                def where(i, k=k):
+                    return f"{chunk.path} (record {docs + i + 1} of chunk {index})"
+                if any(type(v) is not str for v in values):
+                    _write_sentence_docs(w, tok, values, eod, dtype, where)
+                    continue
+                ids = _encode_texts(tok, values, where)
+                before = w.tokens
+                toks, seq_lens, per_doc = pack(ids, eod, dtype)
+                w.add_packed(toks, seq_lens, per_doc)
+                pend_tokens += w.tokens - before
+            docs += len(records)
+            pend_docs += len(records)
+            pend_bytes += nbytes
+            now = time.monotonic()
+            if _Worker.queue is not None and now - last > 0.25:
+                _Worker.queue.put((pend_bytes, pend_docs, pend_tokens))
+                pend_bytes = pend_docs = pend_tokens = 0
+                last = now
+        infos = [w.close() for w in writers]
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    if _Worker.queue is not None and (pend_bytes or pend_docs or pend_tokens):
+        _Worker.queue.put((pend_bytes, pend_docs, pend_tokens))
+    return {"index": index, "parts": infos, "documents": docs, "bytes": chunk.size}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+# ---------------------------------------------------------------------------------------------
+
+
+def _hash_files(files: list[Path], out: dict) -> None:
+    h = hashlib.sha256()
+    try:
+        for p in files:
+            fh = hashlib.sha256()
+            with open(p, "rb") as f:
+                for blk in iter(lambda: f.read(4 << 20), b""):
+                    fh.update(blk)
+            h.update(f"{p.name}\0{p.stat().st_size}\0{fh.hexdigest()}\n".encode())
+        out["sha256"] = h.hexdigest()
+    except OSError as e:  # reported by the workers with context; keep the hash optional
+        out["error"] = str(e)
+
+
+def final_paths(output_prefix: str, keys, level: str = "document") -> list[Path]:
+    out = []
+    for k in keys:
+        p = indexed.output_prefix(output_prefix, k, level)
+        out += [indexed.bin_path(p), indexed.idx_path(p)]
+    return out
+
+
+def manifest_path(output_prefix: str) -> Path:
+    return Path(f"{output_prefix}.manifest.json")
+
+
+def check_outputs(req: Request) -> None:
+    """Refuse to overwrite unless asked, and fail early on an unwritable folder."""
+    out_dir = Path(req.output_prefix).parent
+    if not out_dir.exists():
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BinarizeError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise BinarizeError(f"cannot write to output folder {out_dir}: permission denied")
+    if not req.overwrite:
+        existing = [p for p in final_paths(req.output_prefix, req.keys, req.level) + [manifest_path(req.output_prefix)]
+                    if p.exists()]
+        if existing:
+            raise BinarizeError(
+                f"output {existing[0]} already exists; pass --overwrite (spec: a new prefix) to replace it"
+            )
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _kill_pool(ex: cf.ProcessPoolExecutor) -> None:
+    procs = list(getattr(ex, "_processes", {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        try:
+            p.kill()
+        except Exception:
+            pass
+    for p in procs:
+        try:
+            p.join(timeout=5)
+        except Exception:
+            pass
+
+
+def run(req: Request) -> dict:
+    """Binarize; returns the manifest (also written next to the outputs)."""
+    t0 = time.time()
+    if not req.keys:
+        raise BinarizeError("no text keys given (--json-keys)")
+    check_outputs(req)
+    try:
+        tok = tokenization.load(req.tokenizer)  # validates the file before any worker starts
+    except TokenizerError:
+        raise
+    if req.append_eod and tok.eod is None:
+        raise TokenizerError(
+            f"--append-eod needs an end-of-document token, but this {tok.kind} tokenizer defines none: "
+            "set eos_token in tokenizer_config.json, or give the id with --eod-id (spec: tokenizer.eodId), "
+            "or drop --append-eod"
+        )
+    dtype = indexed.dtype_for_vocab(tok.vocab_size)
+    if req.partitions > 1 and not req.keep_sequential:
+        chunks = readers.plan_round_robin(list(req.inputs), req.partitions, req.chunk_bytes)
+    else:
+        chunks = readers.plan_chunks(list(req.inputs), req.chunk_bytes)
+    total_bytes = readers.file_bytes(chunks)
+    out_dir = Path(req.output_prefix).parent
+    tmp = out_dir / f".datasetprep-tmp-{Path(req.output_prefix).name}-{uuid.uuid4().hex[:8]}"
+    try:
+        (tmp / "parts").mkdir(parents=True)
+    except OSError as e:
+        raise BinarizeError(f"cannot write to output folder {out_dir}: {e.strerror}") from None
+    fp: dict = {}
+    hasher = threading.Thread(target=_hash_files, args=(list(req.inputs), fp), daemon=True)
+    hasher.start()
+    stats = {"bytes_done": 0, "bytes_total": total_bytes, "documents": 0, "tokens": 0, "started": t0,
+             "chunks_done": 0, "chunks_total": len(chunks)}
+    try:
+        results = _run_chunks(req, tok, chunks, str(tmp / "parts"), dtype, stats)
+        outputs = []
+        for k, key in enumerate(req.keys):
+            parts = [r["parts"][k] for r in results]
+            final = indexed.output_prefix(req.output_prefix, key, req.level)
+            tmp_prefix = os.fspath(tmp / Path(final).name)
+            info = indexed.assemble(parts, tmp_prefix, dtype)
+            info.update({"key": key, "prefix": Path(final).name, "tmp": tmp_prefix, "final": final})
+            outputs.append(info)
+        hasher.join()
+        manifest = _manifest(req, tok, dtype, outputs, fp, stats, time.time() - t0)
+        _publish(req, outputs, manifest, tmp)
+        return manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_chunks(req: Request, tok, chunks: list[Chunk], part_dir: str, dtype, stats: dict) -> list[dict]:
+    workers = max(1, min(req.workers, len(chunks)))
+    results: list[dict | None] = [None] * len(chunks)
+    report = req.progress
+    if workers == 1:
+        _Worker.tok, _Worker.keys, _Worker.append_eod, _Worker.dtype = tok, tuple(req.keys), req.append_eod, dtype
+        q = _LocalQueue(stats, report)
+        _Worker.queue = q
+        try:
+            for i, c in enumerate(chunks):
+                results[i] = process_chunk(i, c, part_dir)
+                stats["chunks_done"] += 1
+                q.flush(force=True)
+        finally:
+            _Worker.queue = None
+        return results  # type: ignore[return-value]
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    ex = cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker,
+        initargs=(req.tokenizer, tuple(req.keys), req.append_eod, dtype.str, queue),
+    )
+    futures = {ex.submit(process_chunk, i, c, part_dir): i for i, c in enumerate(chunks)}
+    pending = set(futures)
+    try:
+        while pending:
+            done, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
+            _drain(queue, stats)
+            for f in done:
+                exc = f.exception()
+                if exc is not None:
+                    raise exc
+                results[futures[f]] = f.result()
+                stats["chunks_done"] += 1
+            if report:
+                report(dict(stats))
+        _drain(queue, stats)
+        ex.shutdown(wait=True)
+    except cf.process.BrokenProcessPool:
+        _kill_pool(ex)
+        raise BinarizeError(
+            "a worker process died without an error (killed by the OS? out of memory?); "
+            "retry with fewer --workers or more memory"
+        ) from None
+    except BaseException:
+        _kill_pool(ex)
+        raise
+    finally:
+        queue.close()
+    if report:
+        report(dict(stats))
+    return results  # type: ignore[return-value]
+
+
+def _drain(queue, stats: dict) -> None:
+    while True:
+        try:
+            b, d, t = queue.get_nowait()
+        except Exception:
+            return
+        stats["bytes_done"] += b
+        stats["documents"] += d
+        stats["tokens"] += t
+
+
+class _LocalQueue:
+    """In-process stand-in for the progress queue when W=1."""
+
+    def __init__(self, stats: dict, report):
+        self.stats, self.report, self.last = stats, report, 0.0
+
+    def put(self, item) -> None:
+        b, d, t = item
+        self.stats["bytes_done"] += b
+        self.stats["documents"] += d
+        self.stats["tokens"] += t
+        self.flush()
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.report and (force or now - self.last > 0.25):
+            self.last = now
+            self.report(dict(self.stats))
+
+
+def _manifest(req: Request, tok, dtype, outputs: list[dict], fp: dict, stats: dict, seconds: float) -> dict:
+    files = []
+    for o in outputs:
+        files.append({k: o[k] for k in ("key", "prefix", "documents", "sequences", "tokens", "dtype", "bin_bytes",
+                                         "idx_bytes", "bin_sha256", "idx_sha256", "max_document_tokens")})
+    return {
+        "kind": "datasetprep.io/manifest",
+        "format": "MMIDIDX",
+        "format_version": FORMAT_VERSION,
+        "datasetprep_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "level": req.level,
+        "append_eod": req.append_eod,
+        "dtype": dtype.name,
+        "tokenizer": {
+            "type": tok.kind,
+            "engine": getattr(tok, "engine", tok.kind),
+            "megatron_type": tokenization.MEGATRON_NAMES[tok.kind],
+            "path": req.tokenizer.path,
+            "vocab_size": tok.vocab_size,
+            "eod_id": tok.eod,
+            "fingerprint": req.tokenizer.fingerprint(),
+        },
+        "input": {
+            "files": [os.fspath(p) for p in req.inputs],
+            "bytes": stats["bytes_total"],
+            "sha256": fp.get("sha256"),
+        },
+        "outputs": files,
+        "stats": {"seconds": round(seconds, 3), "workers": req.workers, "chunks": stats["chunks_total"]},
+        **req.manifest_extra,
+    }
+
+
+def _publish(req: Request, outputs: list[dict], manifest: dict, tmp: Path) -> None:
+    check_outputs(req)  # someone may have written the names meanwhile
+    mtmp = tmp / "manifest.json"
+    with open(mtmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    for o in outputs:
+        os.replace(o["tmp"] + ".bin", o["final"] + ".bin")
+        os.replace(o["tmp"] + ".idx", o["final"] + ".idx")
+    os.replace(mtmp, manifest_path(req.output_prefix))
+    _fsync_dir(Path(req.output_prefix).parent)
+
+
+def format_rate(stats: dict) -> dict:
+    """Derived figures for progress displays."""
+    el = max(time.time() - stats["started"], 1e-6)
+    done, total = stats["bytes_done"], stats["bytes_total"] or 1
+    rate = done / el
+    return {
+        "elapsed": el,
+        "mib_s": rate / 2**20,
+        "docs_s": stats["documents"] / el,
+        "tokens_s": stats["tokens"] / el,
+        "percent": min(100.0, 100.0 * done / total),
+        "eta": (total - done) / rate if rate > 0 else None,
+    }

@@ -1,0 +1,169 @@
+"""Run a DatasetPrep spec on one machine: the job pods and ``datasetprep run -f`` both come here.
+
+Volumes are a mapping claim name → local folder (in a pod: the mount paths; locally: folders the
+user names with ``--volume claim=DIR``, default the current folder for every claim).
+
+Idempotence: the output's manifest records a *fingerprint* of the work (source identity, tokenizer
+fingerprint, keys, EOD, format version).  A run whose fingerprint matches a published output
+reuses it without tokenizing anything; one that differs replaces it atomically at the end (in the
+operator) or is refused without ``overwrite`` (locally).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from . import pipeline, readers, tokenization
+from .pipeline import BinarizeError, Request
+from .spec import DatasetPrepSpec
+
+STATE_DIR = ".datasetprep"
+
+
+def _volume(volumes: dict[str, Path], claim: str | None, default: str, what: str) -> Path:
+    name = claim or default
+    if name not in volumes:
+        raise BinarizeError(f"{what} uses claim {name!r}, which is not mounted (mounted: {', '.join(volumes) or 'none'})")
+    return Path(volumes[name])
+
+
+def _file_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        fh = hashlib.sha256()
+        with open(p, "rb") as f:
+            for blk in iter(lambda: f.read(4 << 20), b""):
+                fh.update(blk)
+        h.update(f"{p.name}\0{p.stat().st_size}\0{fh.hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def work_fingerprint(source_identity: dict, tok_cfg: tokenization.TokenizerConfig, spec: DatasetPrepSpec) -> str:
+    """The content address of a run: same fingerprint ⇒ same bytes."""
+    doc = {
+        "format_version": pipeline.FORMAT_VERSION,
+        "source": source_identity,
+        "keys": list(spec.source.text_keys),
+        "tokenizer": tok_cfg.fingerprint(),
+        "append_eod": spec.append_eod,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def resolve_tokenizer(spec: DatasetPrepSpec, volumes: dict[str, Path], token: str | None,
+                      log: Callable[[str], None]) -> tuple[tokenization.TokenizerConfig, Path | None]:
+    t = spec.tokenizer
+    out_root = Path(volumes[spec.output.claim_name])
+    if t.type == "null":
+        return tokenization.resolve_config("null", None, vocab_size=t.vocab_size, eod_id=t.eod_id), None
+    if t.path is not None:
+        root = _volume(volumes, t.path.claim_name, spec.output.claim_name, "tokenizer.path")
+        path = root / t.path.path
+    else:
+        from . import hub
+
+        dest = out_root / STATE_DIR / "tokenizers"
+        path, sha = hub.fetch_tokenizer(t.hub, dest, token)
+        log(f"tokenizer {t.hub.repo}@{t.hub.revision} resolved to {sha}: {path}")
+    cfg = tokenization.resolve_config(t.type, path, eod_id=t.eod_id, add_special_tokens=t.add_special_tokens)
+    return cfg, Path(path)
+
+
+def resolve_inputs(spec: DatasetPrepSpec, volumes: dict[str, Path], token: str | None,
+                   log: Callable[[str], None]) -> tuple[list[Path], dict]:
+    s = spec.source
+    out_root = Path(volumes[spec.output.claim_name])
+    if s.files is not None:
+        root = _volume(volumes, s.files.claim_name, spec.output.claim_name, "source.files")
+        files = readers.expand_inputs(s.files.paths, root)
+        return files, {"files": [os.path.relpath(p, root) for p in files], "sha256": _file_digest(files)}
+    from . import hub
+
+    resolved = hub.resolve_dataset(s.hub, token)
+    log(f"dataset {s.hub.repo} ({s.hub.subset or 'default'}/{s.hub.split}) at {s.hub.revision} "
+        f"resolved to {resolved.sha}")
+    files = hub.download_dataset(resolved, out_root / STATE_DIR / "hub-cache", token)
+    identity = {"hub": s.hub.repo, "revision": resolved.sha, "subset": s.hub.subset, "split": s.hub.split,
+                "data_files": s.hub.data_files, "files": [p.name for p in files]}
+    return files, identity
+
+
+def read_manifest(prefix: Path) -> dict | None:
+    p = pipeline.manifest_path(os.fspath(prefix))
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def outputs_intact(prefix: Path, manifest: dict) -> bool:
+    """The published files still match the manifest's sizes (a cheap check before reuse)."""
+    for o in manifest.get("outputs", []):
+        base = prefix.parent / o["prefix"]
+        try:
+            if (os.path.getsize(f"{base}.bin") != o["bin_bytes"]
+                    or os.path.getsize(f"{base}.idx") != o["idx_bytes"]):
+                return False
+        except OSError:
+            return False
+    return bool(manifest.get("outputs"))
+
+
+def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | None = None,
+             workers: int | None = None, overwrite: bool = False, progress=None,
+             log: Callable[[str], None] = lambda m: None) -> dict:
+    """Do the whole job; returns a result dict (the manifest plus ``reused``/paths facts)."""
+    volumes = {k: Path(v) for k, v in volumes.items()}
+    out_root = _volume(volumes, spec.output.claim_name, spec.output.claim_name, "output")
+    prefix = out_root / spec.output.prefix
+    if token is not None:
+        from . import hub
+
+        hub.preflight(spec, token) if hasattr(hub, "preflight") else None
+    tok_cfg, tok_path = resolve_tokenizer(spec, volumes, token, log)
+    inputs, identity = resolve_inputs(spec, volumes, token, log)
+    fingerprint = work_fingerprint(identity, tok_cfg, spec)
+    existing = read_manifest(prefix)
+    if existing and existing.get("fingerprint") == fingerprint and outputs_intact(prefix, existing):
+        log(f"output {prefix} is up to date (fingerprint {fingerprint[:12]}): reused, nothing to do")
+        return _result(existing, prefix, out_root, tok_path, reused=True)
+    if existing and not overwrite:
+        raise BinarizeError(
+            f"{pipeline.manifest_path(os.fspath(prefix))} exists and was made from different inputs or settings; "
+            "choose another output prefix, or pass --overwrite to replace it"
+        )
+    req = Request(
+        inputs=inputs, output_prefix=os.fspath(prefix), tokenizer=tok_cfg, keys=tuple(spec.source.text_keys),
+        append_eod=spec.append_eod, workers=workers or spec.workers, overwrite=True, progress=progress,
+        manifest_extra={"fingerprint": fingerprint, "source": identity,
+                        "tokenizer_file": os.path.relpath(tok_path, out_root) if tok_path else None},
+    )
+    manifest = pipeline.run(req)
+    return _result(manifest, prefix, out_root, tok_path, reused=False)
+
+
+def _result(manifest: dict, prefix: Path, out_root: Path, tok_path: Path | None, reused: bool) -> dict:
+    tok = manifest["tokenizer"]
+    rel_tok = None
+    if tok_path is not None:
+        try:
+            rel_tok = os.path.relpath(tok_path, out_root)
+        except ValueError:
+            rel_tok = os.fspath(tok_path)
+    return {
+        "ok": True,
+        "reused": reused,
+        "fingerprint": manifest.get("fingerprint"),
+        "resolved_revision": (manifest.get("source") or {}).get("revision"),
+        "outputs": [
+            {"key": o["key"], "prefix": os.path.relpath(prefix.parent / o["prefix"], out_root),
+             "documents": o["documents"], "sequences": o["sequences"], "tokens": o["tokens"],
+             "dtype": o["dtype"], "bin_sha256": o["bin_sha256"], "idx_sha256": o["idx_sha256"]}
+            for o in manifest["outputs"]
+        ],
+        "tokenizer": {"type": tok["type"], "path": rel_tok, "vocab_size": tok["vocab_size"], "eod_id": tok["eod_id"]},
+        "manifest": manifest,
+    }
