@@ -134,10 +134,14 @@ def _encode_texts(tok, texts: list[str], where: Callable[[int], str]) -> list:
         try:
             out.append(tok.encode(t))
         except Exception as e:
-            msg = str(e)
-            if isinstance(e, UnicodeError) or "surrogate" in msg:
-                msg = "the text holds a lone UTF-16 surrogate (invalid Unicode); fix the escape in the source"
-            raise TokenizerError(f"{where(i)}: the tokenizer failed: {msg}") from None
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as ue:
+                raise TokenizerError(
+                    f"{where(i)}: the text holds a lone UTF-16 surrogate (U+{ord(t[ue.start]):04X} at character "
+                    f"{ue.start + 1}), which is not valid Unicode; fix the \\u escape in the source"
+                ) from None
+            raise TokenizerError(f"{where(i)}: the tokenizer failed: {e}") from None
     return out
 
 
@@ -173,8 +177,8 @@ def process_chunk(index: int, chunk: Chunk, part_dir: str) -> dict:
         for records, nbytes in readers.read_chunk(chunk, keys):
             for k, w in enumerate(writers):
                 values = [r[k] for r in records]
-                def where(i, k=k):
-                    return f"{chunk.path} (record {docs + i + 1} of chunk {index})"
+                def where(i, k=k, base=docs):
+                    return readers.record_location(chunk, base + i)
                 if any(type(v) is not str for v in values):
                     _write_sentence_docs(w, tok, values, eod, dtype, where)
                     continue
@@ -294,11 +298,15 @@ def run(req: Request) -> dict:
             "or drop --append-eod"
         )
     dtype = indexed.dtype_for_vocab(tok.vocab_size)
+    files = [f for p in req.inputs for f in (readers.expand_dir(Path(p)) if Path(p).is_dir() else [Path(p)])]
     if req.partitions > 1 and not req.keep_sequential:
-        chunks = readers.plan_round_robin(list(req.inputs), req.partitions, req.chunk_bytes)
+        chunks = readers.plan_round_robin(files, req.partitions, req.chunk_bytes)
     else:
-        chunks = readers.plan_chunks(list(req.inputs), req.chunk_bytes)
+        chunks = readers.plan_chunks(files, req.chunk_bytes)
     total_bytes = readers.file_bytes(chunks)
+    empty = [p for p in files if p.stat().st_size == 0]
+    if empty:
+        raise InputError(f"input {empty[0]} is empty (0 bytes): nothing to tokenize")
     out_dir = Path(req.output_prefix).parent
     tmp = out_dir / f".datasetprep-tmp-{Path(req.output_prefix).name}-{uuid.uuid4().hex[:8]}"
     try:
@@ -306,12 +314,14 @@ def run(req: Request) -> dict:
     except OSError as e:
         raise BinarizeError(f"cannot write to output folder {out_dir}: {e.strerror}") from None
     fp: dict = {}
-    hasher = threading.Thread(target=_hash_files, args=(list(req.inputs), fp), daemon=True)
+    hasher = threading.Thread(target=_hash_files, args=(files, fp), daemon=True)
     hasher.start()
     stats = {"bytes_done": 0, "bytes_total": total_bytes, "documents": 0, "tokens": 0, "started": t0,
              "chunks_done": 0, "chunks_total": len(chunks)}
     try:
         results = _run_chunks(req, tok, chunks, str(tmp / "parts"), dtype, stats)
+        if not sum(r["documents"] for r in results):
+            raise InputError(f"the inputs hold no records ({', '.join(map(str, files[:3]))})")
         outputs = []
         for k, key in enumerate(req.keys):
             parts = [r["parts"][k] for r in results]

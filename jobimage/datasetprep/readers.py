@@ -84,7 +84,7 @@ def expand_inputs(patterns: list[str], root: str | os.PathLike | None = None) ->
         for m in matches:
             p = Path(m)
             if p.is_dir():
-                out.extend(_expand_dir(p))
+                out.extend(expand_dir(p))
             elif _suffix_kind(p) is None:
                 raise InputError(
                     f"input {p} has an unsupported type: expected .jsonl/.json (optionally .gz/.zst), "
@@ -103,7 +103,7 @@ def expand_inputs(patterns: list[str], root: str | os.PathLike | None = None) ->
     return uniq
 
 
-def _expand_dir(d: Path) -> list[Path]:
+def expand_dir(d: Path) -> list[Path]:
     state = d / "state.json"
     if state.is_file():
         files = json.loads(state.read_text())["_data_files"]
@@ -221,6 +221,23 @@ def _line_number(path: str, offset: int, k: int) -> int:
             n += buf.count(b"\n")
             remaining -= len(buf)
     return n + k + 1
+
+
+def record_location(chunk: Chunk, k: int) -> str:
+    """``file:line`` (or ``file row N``) of the k-th record read from a chunk (error path only)."""
+    if chunk.kind == "jsonl":
+        if chunk.stride > 1:
+            return f"{chunk.path} (record {k + 1} of partition {chunk.phase})"
+        return f"{chunk.path}:{_line_number(chunk.path, chunk.start, k)}"
+    if chunk.kind == "jsonl-stream":
+        return f"{chunk.path}:{k + 1} (decompressed)"
+    if chunk.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        md = pq.ParquetFile(chunk.path).metadata
+        row0 = sum(md.row_group(i).num_rows for i in range(chunk.start))
+        return f"{chunk.path} row {row0 + k}"
+    return f"{chunk.path} row {k}"
 
 
 def _split_lines(data: bytes) -> list[bytes]:

@@ -332,7 +332,7 @@ class HuggingFaceTok(Tokenizer):
         if self.native is not None:
             buf, lens = self.native.encode_many(texts)
             ids = np.frombuffer(buf, dtype="<u4")
-            ends = np.cumsum(np.frombuffer(lens, dtype="<u4").astype(np.int64))
+            ends = np.cumsum(np.frombuffer(lens, dtype="<u8").astype(np.int64))
             return np.split(ids, ends[:-1]) if len(texts) else []
         return [e.ids for e in self._batch(texts, add_special_tokens=self.add_special)]
 
