@@ -7,11 +7,12 @@ Public API (stable; see ``docs/hub.md``)::
     RemoteFile, ResolvedDataset, PreflightResult
     resolve_dataset(src, token, endpoint=None, *, cache_dir=None, retry=None) -> ResolvedDataset
     download_dataset(resolved, cache_dir, token, *, endpoint=None, retry=None, max_workers=4) -> list[Path]
+    dataset_cache_dir(cache_dir, resolved) -> Path
     iter_streaming_records(resolved, token, *, endpoint=None, retry=None, files=None,
                            batch_size=1024, columns=None) -> Iterator[dict]
     fetch_tokenizer(src, dest_dir, token, *, endpoint=None, retry=None) -> tuple[Path, str]
     preflight(spec=None, token=None, *, dataset=None, tokenizer=None, endpoint=None, retry=None,
-              cache_dir=None) -> PreflightResult
+              cache_dir=None, tokenizer_dir=None) -> PreflightResult
     token_from_env(environ=None) -> str | None
     RedactTokenFilter(token), install_token_redaction(token, logger=None)
     is_offline() -> bool
@@ -35,8 +36,8 @@ Design notes:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import fnmatch
 import gzip
 import hashlib
 import io
@@ -46,7 +47,6 @@ import os
 import posixpath
 import random
 import re
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -232,6 +232,8 @@ def _describe(exc: BaseException) -> str:
     status = _http_status(exc)
     if status is not None:
         return f"HTTP {status}"
+    if isinstance(exc, _Transient):
+        return str(exc)
     return type(exc).__name__
 
 
@@ -287,6 +289,8 @@ def _translate(exc: BaseException, ctx: _Ctx) -> HubError:
         return HubNotFoundError(_redact(msg, ctx.token))
     if isinstance(exc, RepositoryNotFoundError) or status == 404:
         msg = f"{nf}: {kind} repo {ctx.repo} does not exist on {ctx.endpoint}"
+        if ctx.token:
+            msg += " (or it is private and the token's account has no access to it)"
         return HubNotFoundError(_redact(msg, ctx.token))
     if isinstance(exc, HfHubHTTPError):
         detail = _server_message(exc)
@@ -302,6 +306,7 @@ def _retrying(fn: Callable[[], T], ctx: _Ctx, retry: RetryPolicy | None) -> T:
     policy = _policy(retry)
     start = time.monotonic()
     attempt = 0
+    waited = 0.0
     while True:
         attempt += 1
         try:
@@ -312,7 +317,7 @@ def _retrying(fn: Callable[[], T], ctx: _Ctx, retry: RetryPolicy | None) -> T:
             transient, retry_after = _classify(exc)
             if not transient:
                 raise _translate(exc, ctx) from exc
-            elapsed = time.monotonic() - start
+            elapsed = max(time.monotonic() - start, waited)
             delay = policy.delay(attempt, retry_after)
             if attempt >= policy.max_attempts or elapsed + delay > policy.total_timeout:
                 msg = (f"the Hub at {ctx.endpoint} did not answer ({ctx.what}, {_kind(ctx.repo_type)} repo "
@@ -323,6 +328,7 @@ def _retrying(fn: Callable[[], T], ctx: _Ctx, retry: RetryPolicy | None) -> T:
             log.warning("%s (%s repo %s): transient error (%s); retry %d of %d in %.2fs", ctx.what,
                         _kind(ctx.repo_type), ctx.repo, _describe(exc), attempt, policy.max_attempts - 1, delay)
             policy.sleep(delay)
+            waited += delay
 
 
 # =============================================================================================== tokens & logs
@@ -418,6 +424,14 @@ def _file_url(endpoint: str, repo_type: str, repo: str, revision: str, path: str
 
 
 # =============================================================================================== http
+
+
+@contextlib.contextmanager
+def _closing(resp):
+    try:
+        yield resp
+    finally:
+        resp.close()
 
 
 class _Hub:
@@ -567,7 +581,7 @@ class _Hub:
         def once() -> None:
             pos = st["n"]
             resp, _ = self.open(url, range_=(pos, None) if pos else None)
-            with resp, open(tmp, "r+b") as f:
+            with _closing(resp), open(tmp, "r+b") as f:
                 if pos and resp.status_code != 206:  # the server ignored the Range: start over
                     reset_hashes()
                     f.truncate(0)
@@ -677,7 +691,7 @@ _FILES_TO_IGNORE = {"README.md", "config.json", "dataset_info.json", "dataset_in
                     "dataset_dict.json"}
 _DATA_EXTENSIONS = {
     "parquet", "json", "jsonl", "ndjson", "csv", "tsv", "txt", "arrow", "zip", "tar", "tgz", "gz", "zst", "xz",
-    "bz2", "lz4", "xml", "h5", "hdf5", "lance", "tfrecord", "npy", "npz", "eval", "toml", "md",
+    "bz2", "lz4", "xml", "h5", "hdf5", "lance", "tfrecord", "npy", "npz",
 }
 
 
@@ -766,9 +780,9 @@ _SPLIT_KEYWORDS = {
 }
 _SEP = "-._ 0-9"
 _SPLIT_SHARDED = "data/{split}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]*.*"
+# datasets also has "logs" (**/*.eval) and "harbor" (task.toml / instruction.md) layouts: not text
+# corpora, left out.
 _DEFAULT_PATTERN_DICTS: list[dict[str, list[str]]] = [
-    {"logs": ["**/*.eval"]},
-    {"test": ["**/task.toml", "**/instruction.md"]},
     {s: [p.format(keyword=k, sep=_SEP) for k in kws for p in
          ("**/{keyword}/**", "**/{keyword}[{sep}]*/**", "**/*[{sep}]{keyword}/**", "**/*[{sep}]{keyword}[{sep}]*/**")]
      for s, kws in _SPLIT_KEYWORDS.items()},
@@ -874,7 +888,7 @@ class _Plan:
 
 
 def _not_found(repo: str, detail: str, available: Mapping[str, Sequence[str]]) -> HubNotFoundError:
-    return HubNotFoundError(f"{NOT_FOUND_DATASET}: {detail} in dataset repo {repo}. "
+    return HubNotFoundError(f"{NOT_FOUND_DATASET}: dataset repo {repo}: {detail}. "
                             f"Available subsets and splits: {_fmt_available(available)}")
 
 
@@ -938,7 +952,30 @@ def _plan_from_listing(src: HubDatasetSource, files: Sequence[str], card: Mappin
         raise _not_found(repo, "no data files found", available)
     if split not in patterns:
         raise _not_found(repo, f"split {split!r} does not exist in subset {shown or 'default'!r}", available)
-    return _Plan(shown, split, match_files(patterns[split], files, data_only=True), "layout", available)
+    return _Plan(shown, split, _majority_format(match_files(patterns[split], files, data_only=True)), "layout",
+                 available)
+
+
+def _family(path: str) -> str:
+    fmt = _format_of(path)
+    if fmt:
+        return fmt
+    parts = posixpath.basename(path).lower().split(".")[1:]
+    return next((p for p in parts if p not in ("gz", "zst", "xz", "bz2", "lz4")), parts[-1] if parts else "")
+
+
+def _majority_format(files: list[str]) -> list[str]:
+    """As ``datasets`` infers one loader from the most common extension and drops the other files:
+    keep the most common family (a supported one on ties)."""
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[_family(f)] = counts.get(_family(f), 0) + 1
+    if len(counts) <= 1:
+        return files
+    best = max(counts, key=lambda fam: (counts[fam], fam in ("parquet", "jsonl")))
+    kept = [f for f in files if _family(f) == best]
+    log.info("layout: using the %d %s file(s), ignoring %d other file(s)", len(kept), best, len(files) - len(kept))
+    return kept
 
 
 def _plan_from_export(src: HubDatasetSource, files: Sequence[str]) -> _Plan:
@@ -1075,7 +1112,7 @@ def _card_of(hub: _Hub, info: Any, repo: str, sha: str, names: set[str]) -> dict
 
     def once() -> bytes:
         resp, _ = hub.open(_file_url(hub.endpoint, "dataset", repo, sha, "README.md"))
-        with resp:
+        with _closing(resp):
             return resp.read()
 
     text = hub.call(once, ctx).decode("utf-8", "replace")
@@ -1243,7 +1280,7 @@ class _RemoteRaw(io.RawIOBase):
     def _head_size(self) -> int:  # pragma: no cover - sizes always come from paths-info
         def once() -> int:
             resp, _ = self.hub.open(self.url, range_=(0, 0))
-            with resp:
+            with _closing(resp):
                 cr = resp.headers.get("Content-Range", "")
                 return int(cr.rsplit("/", 1)[-1]) if "/" in cr else int(resp.headers.get("Content-Length", 0))
 
@@ -1280,7 +1317,7 @@ class _RemoteRaw(io.RawIOBase):
         def once() -> bytes:
             self.requests += 1
             resp, _ = self.hub.open(self.url, range_=(start, end))
-            with resp:
+            with _closing(resp):
                 data = resp.read()
             if resp.status_code == 200:  # Range ignored: cut it ourselves
                 data = data[start:end + 1]
@@ -1405,6 +1442,22 @@ def _plan_tokenizer(hub: _Hub, src: HubTokenizerSource) -> _TokPlan:
     return _TokPlan(sha, main, files)
 
 
+def _replay_tokenizer(src: HubTokenizerSource, dest: Path) -> tuple[Path, str] | None:
+    """The tokenizer from an earlier fetch into ``dest`` (revision → sha from refs/), or None."""
+    repo_dir = _repo_dir(dest, "model", src.repo)
+    sha = _read_ref(repo_dir, src.revision)
+    if sha is None:
+        return None
+    try:
+        man = json.loads((repo_dir / "resolved" / sha / f"tokenizer-{_tokenizer_key(src)}.json").read_text())
+        files = [RemoteFile(**f) for f in man.get("files", [])]
+    except (OSError, ValueError, TypeError):
+        return None
+    if files and all(_complete(repo_dir / sha / f.path, f) for f in files):
+        return repo_dir / sha / man["main"], sha
+    return None
+
+
 def fetch_tokenizer(src: HubTokenizerSource, dest_dir: Path | str, token: str | None, *,
                     endpoint: str | None = None, retry: RetryPolicy | None = None) -> tuple[Path, str]:
     """Download the tokenizer file (+ ``tokenizer_config.json`` / ``special_tokens_map.json`` when
@@ -1417,21 +1470,8 @@ def fetch_tokenizer(src: HubTokenizerSource, dest_dir: Path | str, token: str | 
     repo_dir = _repo_dir(dest, "model", src.repo)
     manifest_name = f"tokenizer-{_tokenizer_key(src)}.json"
 
-    def replay() -> tuple[Path, str] | None:
-        sha = _read_ref(repo_dir, src.revision)
-        if sha is None:
-            return None
-        try:
-            man = json.loads((repo_dir / "resolved" / sha / manifest_name).read_text())
-        except (OSError, ValueError):
-            return None
-        files = [RemoteFile(**f) for f in man.get("files", [])]
-        if files and all(_complete(repo_dir / sha / f.path, f) for f in files):
-            return repo_dir / sha / man["main"], sha
-        return None
-
     if is_offline() or _SHA_RE.fullmatch(src.revision):
-        hit = replay()
+        hit = _replay_tokenizer(src, dest)
         if hit is not None:
             log.info("tokenizer %s@%s: reused from %s", src.repo, src.revision, hit[0])
             return hit
@@ -1465,35 +1505,49 @@ class PreflightResult:
 def preflight(spec: DatasetPrepSpec | None = None, token: str | None = None, *,
               dataset: HubDatasetSource | None = None, tokenizer: HubTokenizerSource | None = None,
               endpoint: str | None = None, retry: RetryPolicy | None = None,
-              cache_dir: Path | str | None = None) -> PreflightResult:
+              cache_dir: Path | str | None = None, tokenizer_dir: Path | str | None = None) -> PreflightResult:
     """Fail fast, before anything heavy: can the token read the dataset and the tokenizer?
 
     Resolves the dataset (metadata only) and the tokenizer repo's commit, and sends one HEAD for the
     first data file and for the tokenizer file (gated repos show their metadata to anyone, only the
     files are gated).  Nothing is downloaded.  Sources come from ``spec`` (``source.hub``,
-    ``tokenizer.hub``) or the keyword arguments.  In offline mode it checks the cache instead.
+    ``tokenizer.hub``) or the keyword arguments.
+
+    Offline mode: checks that the dataset resolution (in ``cache_dir``, default env
+    ``DATASETPREP_HUB_CACHE``) and the tokenizer (in ``tokenizer_dir``, default ``cache_dir``) are
+    in the cache, raising :class:`HubOfflineError` if not; what has no known cache is not checked.
     """
     if spec is not None:
         dataset = dataset or spec.source.hub
         tokenizer = tokenizer or spec.tokenizer.hub
     result = PreflightResult()
-    hub = _Hub(endpoint, token, retry)
     cache = Path(cache_dir) if cache_dir is not None else _cache_root()
+    tok_cache = Path(tokenizer_dir) if tokenizer_dir is not None else cache
+    if is_offline():
+        if dataset is not None and cache is not None:
+            result.dataset = resolve_dataset(dataset, token, endpoint, cache_dir=cache, retry=retry)
+        if tokenizer is not None and tok_cache is not None:
+            hit = _replay_tokenizer(tokenizer, tok_cache)
+            if hit is None:
+                raise HubOfflineError(f"offline mode (HF_HUB_OFFLINE=1): tokenizer {tokenizer.repo}@"
+                                      f"{tokenizer.revision} is not in the cache at {tok_cache}; run once with "
+                                      "network access, or unset HF_HUB_OFFLINE")
+            result.tokenizer_sha = hit[1]
+            result.tokenizer_file = hit[0].relative_to(_repo_dir(tok_cache, "model", tokenizer.repo) / hit[1]
+                                                       ).as_posix()
+        return result
+    hub = _Hub(endpoint, token, retry)
     if dataset is not None:
         resolved = resolve_dataset(dataset, token, endpoint, cache_dir=cache, retry=retry)
         result.dataset = resolved
         local = cache is not None and all(
             _complete(dataset_cache_dir(cache, resolved) / f.path, f) for f in resolved.files)
-        if resolved.files and not local and not is_offline():
+        if resolved.files and not local:
             hub.head_ok(resolved.repo, "dataset", resolved.sha, resolved.files[0].path)
     if tokenizer is not None:
-        if is_offline():
-            result.tokenizer_sha = _read_ref(_repo_dir(cache, "model", tokenizer.repo), tokenizer.revision) \
-                if cache is not None else None
-        else:
-            plan = _plan_tokenizer(hub, tokenizer)
-            hub.head_ok(tokenizer.repo, "model", plan.sha, plan.main)
-            result.tokenizer_sha, result.tokenizer_file = plan.sha, plan.main
+        plan = _plan_tokenizer(hub, tokenizer)
+        hub.head_ok(tokenizer.repo, "model", plan.sha, plan.main)
+        result.tokenizer_sha, result.tokenizer_file = plan.sha, plan.main
     return result
 
 

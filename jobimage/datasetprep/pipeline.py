@@ -281,47 +281,119 @@ def _kill_pool(ex: cf.ProcessPoolExecutor) -> None:
             pass
 
 
-def run(req: Request) -> dict:
-    """Binarize; returns the manifest (also written next to the outputs)."""
-    t0 = time.time()
+def _load_checked(req: Request):
     if not req.keys:
         raise BinarizeError("no text keys given (--json-keys)")
-    check_outputs(req)
-    try:
-        tok = tokenization.load(req.tokenizer)  # validates the file before any worker starts
-    except TokenizerError:
-        raise
+    tok = tokenization.load(req.tokenizer)  # validates the file before any worker starts
     if req.append_eod and tok.eod is None:
         raise TokenizerError(
             f"--append-eod needs an end-of-document token, but this {tok.kind} tokenizer defines none: "
             "set eos_token in tokenizer_config.json, or give the id with --eod-id (spec: tokenizer.eodId), "
             "or drop --append-eod"
         )
-    dtype = indexed.dtype_for_vocab(tok.vocab_size)
+    return tok
+
+
+def plan(req: Request) -> tuple[list[Path], list[Chunk]]:
+    """The deterministic work plan: data files and chunks (independent of workers and shards)."""
     files = [f for p in req.inputs for f in (readers.expand_dir(Path(p)) if Path(p).is_dir() else [Path(p)])]
+    empty = [p for p in files if p.stat().st_size == 0]
+    if empty:
+        raise InputError(f"input {empty[0]} is empty (0 bytes): nothing to tokenize")
     if req.partitions > 1 and not req.keep_sequential:
         chunks = readers.plan_round_robin(files, req.partitions, req.chunk_bytes)
     else:
         chunks = readers.plan_chunks(files, req.chunk_bytes)
-    total_bytes = readers.file_bytes(chunks)
-    empty = [p for p in files if p.stat().st_size == 0]
-    if empty:
-        raise InputError(f"input {empty[0]} is empty (0 bytes): nothing to tokenize")
-    out_dir = Path(req.output_prefix).parent
-    tmp = out_dir / f".datasetprep-tmp-{Path(req.output_prefix).name}-{uuid.uuid4().hex[:8]}"
+    return files, chunks
+
+
+def work_key(req: Request, files: list[Path], chunks: list[Chunk]) -> str:
+    """Names the work directory: same inputs (path, size, mtime), tokenizer, options and plan ⇒ same
+    directory, so a rerun after a crash resumes; anything else starts clean."""
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{os.path.realpath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps({"tok": req.tokenizer.fingerprint(), "keys": list(req.keys), "eod": req.append_eod,
+                         "level": req.level, "format": FORMAT_VERSION,
+                         "plan": [c.describe() + f":{c.stride}:{c.phase}" for c in chunks]}).encode())
+    return h.hexdigest()[:16]
+
+
+def work_dir(req: Request, key: str) -> Path:
+    return Path(req.output_prefix).parent / f".datasetprep-work-{Path(req.output_prefix).name}-{key}"
+
+
+def run(req: Request, shard: tuple[int, int] | None = None) -> dict:
+    """Binarize; returns the manifest (also written next to the outputs).
+
+    The work directory is stable for the same work, and every finished chunk is recorded there, so
+    a rerun after a crash redoes at most the chunks that were in flight.  With ``shard=(i, n)``
+    only slice i of n of the chunks is processed and nothing is assembled (see ``finish``): that is
+    one pod of an Indexed Job.
+    """
+    t0 = time.time()
+    if shard is None:
+        check_outputs(req)
+    tok = _load_checked(req)
+    dtype = indexed.dtype_for_vocab(tok.vocab_size)
+    files, chunks = plan(req)
+    wd = work_dir(req, work_key(req, files, chunks))
+    if shard is None:
+        _remove_stale_work_dirs(req, keep=wd)
     try:
-        (tmp / "parts").mkdir(parents=True)
+        (wd / "parts").mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise BinarizeError(f"cannot write to output folder {out_dir}: {e.strerror}") from None
+        raise BinarizeError(f"cannot write to output folder {wd.parent}: {e.strerror}") from None
+    selected = list(range(len(chunks)))
+    if shard is not None:
+        i, n = shard
+        selected = list(range(len(chunks) * i // n, len(chunks) * (i + 1) // n))
+    stats = {"bytes_done": 0, "bytes_total": sum(chunks[j].size for j in selected), "documents": 0, "tokens": 0,
+             "started": t0, "chunks_done": 0, "chunks_total": len(selected), "chunks_reused": 0}
+    try:
+        results = _run_chunks(req, tok, chunks, selected, str(wd / "parts"), dtype, stats)
+    except (InputError, TokenizerError):
+        shutil.rmtree(wd, ignore_errors=True)  # permanent: the input or tokenizer must change first
+        raise
+    if shard is not None:
+        return {"shard": shard[0], "shards": shard[1], "chunks": len(selected),
+                "chunks_reused": stats["chunks_reused"], "documents": sum(r["documents"] for r in results),
+                "work_dir": os.fspath(wd)}
+    return _finish(req, tok, dtype, files, chunks, wd, results, stats, t0)
+
+
+def finish(req: Request) -> dict:
+    """Assemble and publish after every shard of ``run(req, shard=...)`` is done (the merge step)."""
+    t0 = time.time()
+    check_outputs(req)
+    tok = _load_checked(req)
+    dtype = indexed.dtype_for_vocab(tok.vocab_size)
+    files, chunks = plan(req)
+    wd = work_dir(req, work_key(req, files, chunks))
+    results = []
+    for i in range(len(chunks)):
+        r = _load_done(str(wd / "parts"), i, len(req.keys))
+        if r is None:
+            raise BinarizeError(f"chunk {i} of {len(chunks)} is not done (or failed verification); "
+                                "rerun its shard before merging")
+        results.append(r)
+    stats = {"bytes_done": readers.file_bytes(chunks), "bytes_total": readers.file_bytes(chunks),
+             "documents": sum(r["documents"] for r in results), "tokens": 0, "started": t0,
+             "chunks_done": len(chunks), "chunks_total": len(chunks), "chunks_reused": len(chunks)}
+    return _finish(req, tok, dtype, files, chunks, wd, results, stats, t0)
+
+
+def _finish(req, tok, dtype, files, chunks, wd: Path, results, stats, t0) -> dict:
+    if not sum(r["documents"] for r in results):
+        shutil.rmtree(wd, ignore_errors=True)
+        raise InputError(f"the inputs hold no records ({', '.join(map(str, files[:3]))})")
     fp: dict = {}
     hasher = threading.Thread(target=_hash_files, args=(files, fp), daemon=True)
     hasher.start()
-    stats = {"bytes_done": 0, "bytes_total": total_bytes, "documents": 0, "tokens": 0, "started": t0,
-             "chunks_done": 0, "chunks_total": len(chunks)}
+    tmp = wd / f"assemble-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
-        results = _run_chunks(req, tok, chunks, str(tmp / "parts"), dtype, stats)
-        if not sum(r["documents"] for r in results):
-            raise InputError(f"the inputs hold no records ({', '.join(map(str, files[:3]))})")
         outputs = []
         for k, key in enumerate(req.keys):
             parts = [r["parts"][k] for r in results]
@@ -333,34 +405,111 @@ def run(req: Request) -> dict:
         hasher.join()
         manifest = _manifest(req, tok, dtype, outputs, fp, stats, time.time() - t0)
         _publish(req, outputs, manifest, tmp)
-        return manifest
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(wd, ignore_errors=True)
+    return manifest
 
 
-def _run_chunks(req: Request, tok, chunks: list[Chunk], part_dir: str, dtype, stats: dict) -> list[dict]:
-    workers = max(1, min(req.workers, len(chunks)))
-    results: list[dict | None] = [None] * len(chunks)
+def _remove_stale_work_dirs(req: Request, keep: Path) -> None:
+    for d in keep.parent.glob(f".datasetprep-work-{Path(req.output_prefix).name}-*"):
+        if d != keep and d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+    for d in keep.parent.glob(f".datasetprep-tmp-{Path(req.output_prefix).name}-*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _part_sha(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for blk in iter(lambda: f.read(4 << 20), b""):
+            h.update(blk)
+    return h.hexdigest()
+
+
+def _mark_done(part_dir: str, result: dict) -> None:
+    """Record a finished chunk (atomically), with sizes and sha256 of its part files."""
+    i = result["index"]
+    doc = {"index": i, "documents": result["documents"], "bytes": result["bytes"], "parts": []}
+    for p in result["parts"]:
+        files = {ext: {"size": os.path.getsize(p.base + ext), "sha256": _part_sha(p.base + ext)}
+                 for ext in (".bin", ".len", ".doc")}
+        doc["parts"].append({"base": os.path.basename(p.base), "documents": p.documents, "sequences": p.sequences,
+                             "tokens": p.tokens, "max_document_tokens": p.max_document_tokens, "files": files})
+    tmp = os.path.join(part_dir, f"{i:08d}.done.tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(part_dir, f"{i:08d}.done"))
+
+
+def _load_done(part_dir: str, i: int, nkeys: int) -> dict | None:
+    """A recorded chunk, verified against its sizes and checksums; None if absent or corrupt."""
+    try:
+        with open(os.path.join(part_dir, f"{i:08d}.done")) as f:
+            doc = json.load(f)
+        parts = []
+        for p in doc["parts"]:
+            base = os.path.join(part_dir, p["base"])
+            for ext, meta in p["files"].items():
+                if os.path.getsize(base + ext) != meta["size"] or _part_sha(base + ext) != meta["sha256"]:
+                    return None
+            parts.append(indexed.PartInfo(base, p["documents"], p["sequences"], p["tokens"], p["max_document_tokens"]))
+        if len(parts) != nkeys:
+            return None
+        return {"index": i, "parts": parts, "documents": doc["documents"], "bytes": doc["bytes"], "reused": True}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _run_chunks(req: Request, tok, chunks: list[Chunk], selected: list[int], part_dir: str, dtype,
+                stats: dict) -> list[dict]:
+    results: list[dict] = []
+    todo = []
+    for i in selected:
+        r = _load_done(part_dir, i, len(req.keys))
+        if r is None:
+            todo.append(i)
+        else:
+            results.append(r)
+            stats["chunks_done"] += 1
+            stats["chunks_reused"] += 1
+            stats["bytes_done"] += chunks[i].size
+            stats["documents"] += r["documents"]
+    if todo:
+        results += _process(req, tok, chunks, todo, part_dir, dtype, stats)
+    results.sort(key=lambda r: r["index"])
+    return results
+
+
+def _process(req: Request, tok, chunks: list[Chunk], todo: list[int], part_dir: str, dtype,
+             stats: dict) -> list[dict]:
+    workers = max(1, min(req.workers, len(todo)))
+    results: list[dict] = []
     report = req.progress
     if workers == 1:
         _Worker.tok, _Worker.keys, _Worker.append_eod, _Worker.dtype = tok, tuple(req.keys), req.append_eod, dtype
         q = _LocalQueue(stats, report)
         _Worker.queue = q
         try:
-            for i, c in enumerate(chunks):
-                results[i] = process_chunk(i, c, part_dir)
+            for i in todo:
+                r = process_chunk(i, chunks[i], part_dir)
+                _mark_done(part_dir, r)
+                results.append(r)
                 stats["chunks_done"] += 1
                 q.flush(force=True)
         finally:
             _Worker.queue = None
-        return results  # type: ignore[return-value]
+        return results
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     ex = cf.ProcessPoolExecutor(
         max_workers=workers, mp_context=ctx, initializer=_init_worker,
         initargs=(req.tokenizer, tuple(req.keys), req.append_eod, dtype.str, queue),
     )
-    futures = {ex.submit(process_chunk, i, c, part_dir): i for i, c in enumerate(chunks)}
+    futures = {ex.submit(process_chunk, i, chunks[i], part_dir): i for i in todo}
     pending = set(futures)
     try:
         while pending:
@@ -370,7 +519,9 @@ def _run_chunks(req: Request, tok, chunks: list[Chunk], part_dir: str, dtype, st
                 exc = f.exception()
                 if exc is not None:
                     raise exc
-                results[futures[f]] = f.result()
+                r = f.result()
+                _mark_done(part_dir, r)
+                results.append(r)
                 stats["chunks_done"] += 1
             if report:
                 report(dict(stats))
@@ -389,7 +540,7 @@ def _run_chunks(req: Request, tok, chunks: list[Chunk], part_dir: str, dtype, st
         queue.close()
     if report:
         report(dict(stats))
-    return results  # type: ignore[return-value]
+    return results
 
 
 def _drain(queue, stats: dict) -> None:
@@ -452,7 +603,8 @@ def _manifest(req: Request, tok, dtype, outputs: list[dict], fp: dict, stats: di
             "sha256": fp.get("sha256"),
         },
         "outputs": files,
-        "stats": {"seconds": round(seconds, 3), "workers": req.workers, "chunks": stats["chunks_total"]},
+        "stats": {"seconds": round(seconds, 3), "workers": req.workers, "chunks": stats["chunks_total"],
+                  "chunks_reused": stats.get("chunks_reused", 0)},
         **req.manifest_extra,
     }
 
@@ -465,6 +617,9 @@ def _publish(req: Request, outputs: list[dict], manifest: dict, tmp: Path) -> No
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
+    # The manifest marks a complete output: take the old one away first, so that no moment shows
+    # an old manifest next to new data.
+    manifest_path(req.output_prefix).unlink(missing_ok=True)
     for o in outputs:
         os.replace(o["tmp"] + ".bin", o["final"] + ".bin")
         os.replace(o["tmp"] + ".idx", o["final"] + ".idx")

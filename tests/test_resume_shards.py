@@ -1,0 +1,94 @@
+"""Resume without rework and sharded runs (one Indexed Job pod per shard), at the engine level."""
+from __future__ import annotations
+
+import pytest
+
+from datasetprep import indexed, pipeline, tokenization
+from paths import CORPUS_A, GOLDEN, SP_MODEL
+
+G = GOLDEN / "a_spbpe_eod_text_document"
+
+
+def _req(out, workers=1, progress=None):
+    cfg = tokenization.resolve_config("sentencepiece", SP_MODEL)
+    return pipeline.Request(inputs=[CORPUS_A], output_prefix=str(out), tokenizer=cfg, append_eod=True,
+                            workers=workers, chunk_bytes=150_000, progress=progress)
+
+
+def _golden(out) -> bool:
+    p = indexed.output_prefix(out, "text")
+    return (indexed.bin_path(p).read_bytes() == indexed.bin_path(G).read_bytes()
+            and indexed.idx_path(p).read_bytes() == indexed.idx_path(G).read_bytes())
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_after(n):
+    def cb(stats):
+        if stats["chunks_done"] >= n:
+            raise Crash()
+    return cb
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_rerun_after_crash_redoes_only_unfinished_chunks(tmp_path, workers):
+    out = tmp_path / "ds"
+    with pytest.raises(Crash):
+        pipeline.run(_req(out, workers, _crash_after(6)))
+    assert not list(tmp_path.glob("ds_*"))  # nothing published
+    done = sorted((p for p in tmp_path.glob(".datasetprep-work-ds-*/parts/*.done")))
+    assert len(done) >= 6
+    m = pipeline.run(_req(out, workers))
+    assert m["stats"]["chunks_reused"] == len(done)
+    assert m["stats"]["chunks"] > len(done)
+    assert _golden(out)
+    assert not list(tmp_path.glob(".datasetprep-work-*"))  # cleaned after publishing
+
+
+def test_corrupt_chunk_is_redone(tmp_path):
+    out = tmp_path / "ds"
+    with pytest.raises(Crash):
+        pipeline.run(_req(out, 1, _crash_after(5)))
+    parts = sorted(tmp_path.glob(".datasetprep-work-ds-*/parts/00000002.0.bin"))
+    assert parts
+    data = bytearray(parts[0].read_bytes())
+    data[10] ^= 0xFF
+    parts[0].write_bytes(bytes(data))
+    m = pipeline.run(_req(out, 1))
+    assert m["stats"]["chunks_reused"] == 4  # chunks 0,1,3,4 trusted; 2 failed its checksum
+    assert _golden(out)
+
+
+def test_changed_input_starts_clean(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(CORPUS_A.read_bytes())
+    cfg = tokenization.resolve_config("sentencepiece", SP_MODEL)
+    req = pipeline.Request(inputs=[src], output_prefix=str(tmp_path / "ds"), tokenizer=cfg, chunk_bytes=150_000,
+                           progress=_crash_after(3))
+    with pytest.raises(Crash):
+        pipeline.run(req)
+    src.write_bytes(CORPUS_A.read_bytes() + b'\n{"text": "one more"}')
+    req.progress = None
+    m = pipeline.run(req)
+    assert m["stats"]["chunks_reused"] == 0 and m["outputs"][0]["documents"] == 527
+
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_shards_then_finish_equal_golden(tmp_path, n):
+    out = tmp_path / "ds"
+    infos = [pipeline.run(_req(out, 1), shard=(i, n)) for i in range(n)]
+    assert sum(i["chunks"] for i in infos) == pipeline.run.__globals__["plan"](_req(out))[1].__len__()
+    assert not list(tmp_path.glob("ds_*"))  # shards publish nothing
+    again = pipeline.run(_req(out, 2), shard=(n - 1, n))  # a restarted pod of a finished shard
+    assert again["chunks_reused"] == again["chunks"]
+    pipeline.finish(_req(out))
+    assert _golden(out)
+
+
+def test_finish_refuses_missing_shard(tmp_path):
+    out = tmp_path / "ds"
+    pipeline.run(_req(out), shard=(0, 2))
+    with pytest.raises(pipeline.BinarizeError, match="is not done"):
+        pipeline.finish(_req(out))
