@@ -270,7 +270,9 @@ def cmd_run(a) -> int:
 
 def add_job(sub) -> None:
     p = sub.add_parser("job", help="Job pod entrypoint (reads DATASETPREP_SPEC; used by the operator)")
-    p.set_defaults(func=lambda a: __import__("datasetprep.job", fromlist=["main"]).main([]))
+    p.add_argument("--merge", action="store_true", help="assemble and publish after all shards are done")
+    p.set_defaults(func=lambda a: __import__("datasetprep.job", fromlist=["main"]).main(
+        ["--merge"] if a.merge else []))
 
 
 def add_operator(sub) -> None:

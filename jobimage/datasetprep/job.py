@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 from . import progress as progress_mod
 from .errors import user_message
@@ -51,29 +50,6 @@ def write_termination(doc: dict) -> None:
     print(f"result: {text}", flush=True)
 
 
-def _token() -> str | None:
-    tok = os.environ.get("HF_TOKEN") or None
-    path = os.environ.get("HF_TOKEN_FILE")
-    if not tok and path:
-        try:
-            tok = Path(path).read_text().strip() or None
-        except OSError as e:
-            raise ValueError(f"HF_TOKEN_FILE {path} cannot be read: {e.strerror}") from None
-    return tok
-
-
-class _Redact(logging.Filter):
-    def __init__(self, secret: str):
-        super().__init__()
-        self.secret = secret
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        if self.secret in msg:
-            record.msg, record.args = msg.replace(self.secret, "***"), None
-        return True
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     log = logging.getLogger("datasetprep.job")
@@ -89,12 +65,24 @@ def main(argv: list[str] | None = None) -> int:
         volumes = json.loads(os.environ.get("DATASETPREP_VOLUMES") or "{}")
         if not volumes:
             volumes = {spec.output.claim_name: spec.output.mount_path}
-        token = _token()
+        from . import hub
+
+        token = hub.token_from_env()
         if token:
-            for h in logging.getLogger().handlers:
-                h.addFilter(_Redact(token))
-        result = run_spec(spec, volumes, token=token, overwrite=True,
-                          progress=progress_mod.PlainProgress(sys.stdout, interval=5.0), log=log.info)
+            hub.install_token_redaction(token)
+        mode, index = "all", None
+        if argv and "--merge" in argv:
+            mode = "merge"
+        elif spec.shards > 1:
+            raw_index = os.environ.get("JOB_COMPLETION_INDEX")
+            if raw_index is None:
+                raise ValueError("spec.shards > 1 but JOB_COMPLETION_INDEX is not set: shard pods run in an "
+                                 "Indexed Job (completionMode: Indexed)")
+            mode, index = "shard", int(raw_index)
+        reporter = progress_mod.PodProgress.from_env(progress_mod.PlainProgress(sys.stdout, interval=5.0),
+                                                     shard=index)
+        result = run_spec(spec, volumes, token=token, overwrite=True, progress=reporter, log=log.info,
+                          mode=mode, shard_index=index)
         result.pop("manifest", None)
         write_termination(result)
         return 0

@@ -75,3 +75,65 @@ def make(enabled: bool = True, stream=None):
         except Exception:  # pragma: no cover - rich missing or broken terminal
             pass
     return PlainProgress(stream)
+
+
+class PodProgress:
+    """Publishes progress on the job's own Pod as the annotation ``datasetprep.io/progress``
+    (JSON), at most every ``interval`` seconds; the operator aggregates the pods of a run into
+    ``status.progress``.  Needs only ``pods: get, patch`` in the namespace.  Failures to report are
+    logged once and never fail the job."""
+
+    ANNOTATION = "datasetprep.io/progress"
+
+    def __init__(self, inner, api, name: str, namespace: str, shard: int | None, interval: float = 5.0):
+        self.inner, self.api, self.name, self.namespace = inner, api, name, namespace
+        self.shard, self.interval = shard, interval
+        self.last = 0.0
+        self.warned = False
+
+    @classmethod
+    def from_env(cls, inner, shard: int | None = None):
+        import os
+
+        name, ns = os.environ.get("DATASETPREP_POD_NAME"), os.environ.get("DATASETPREP_POD_NAMESPACE")
+        if not name or not ns:
+            return inner
+        try:
+            from kubernetes import client, config
+
+            kubeconfig = os.environ.get("DATASETPREP_KUBECONFIG")
+            if kubeconfig:
+                api_client = config.new_client_from_config(config_file=kubeconfig)
+            else:
+                config.load_incluster_config()
+                api_client = client.ApiClient()
+            return cls(inner, client.CoreV1Api(api_client), name, ns, shard)
+        except Exception as e:  # no API access: progress stays in the log only
+            print(f"progress: not reporting to the API ({type(e).__name__}: {e})", file=sys.stderr)
+            return inner
+
+    def __call__(self, stats: dict) -> None:
+        if self.inner:
+            self.inner(stats)
+        now = time.monotonic()
+        final = stats["chunks_done"] == stats["chunks_total"]
+        if now - self.last < self.interval and not final:
+            return
+        self.last = now
+        r = format_rate(stats)
+        doc = {"bytesDone": stats["bytes_done"], "bytesTotal": stats["bytes_total"], "documents": stats["documents"],
+               "tokens": stats["tokens"], "tokensPerSecond": int(r["tokens_s"]), "chunksDone": stats["chunks_done"],
+               "chunksTotal": stats["chunks_total"], "shard": self.shard, "time": time.time()}
+        import json
+
+        body = {"metadata": {"annotations": {self.ANNOTATION: json.dumps(doc, separators=(",", ":"))}}}
+        try:
+            self.api.patch_namespaced_pod(self.name, self.namespace, body)
+        except Exception as e:
+            if not self.warned:
+                self.warned = True
+                print(f"progress: cannot annotate pod {self.namespace}/{self.name}: {e}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.inner:
+            self.inner.close()

@@ -67,6 +67,7 @@ def resolve_tokenizer(spec: DatasetPrepSpec, volumes: dict[str, Path], token: st
 
         dest = out_root / STATE_DIR / "tokenizers"
         path, sha = hub.fetch_tokenizer(t.hub, dest, token)
+        path = Path(path)
         log(f"tokenizer {t.hub.repo}@{t.hub.revision} resolved to {sha}: {path}")
     cfg = tokenization.resolve_config(t.type, path, eod_id=t.eod_id, add_special_tokens=t.add_special_tokens)
     return cfg, Path(path)
@@ -82,7 +83,12 @@ def resolve_inputs(spec: DatasetPrepSpec, volumes: dict[str, Path], token: str |
         return files, {"files": [os.path.relpath(p, root) for p in files], "sha256": _file_digest(files)}
     from . import hub
 
-    resolved = hub.resolve_dataset(s.hub, token)
+    if s.hub.streaming:
+        raise BinarizeError(
+            "source.hub.streaming is not supported by this version: set streaming: false (files are downloaded "
+            "once into the output volume's cache and reused by later runs)"
+        )
+    resolved = hub.resolve_dataset(s.hub, token, cache_dir=out_root / STATE_DIR / "hub-cache")
     log(f"dataset {s.hub.repo} ({s.hub.subset or 'default'}/{s.hub.split}) at {s.hub.revision} "
         f"resolved to {resolved.sha}")
     files = hub.download_dataset(resolved, out_root / STATE_DIR / "hub-cache", token)
@@ -114,15 +120,21 @@ def outputs_intact(prefix: Path, manifest: dict) -> bool:
 
 def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | None = None,
              workers: int | None = None, overwrite: bool = False, progress=None,
-             log: Callable[[str], None] = lambda m: None) -> dict:
-    """Do the whole job; returns a result dict (the manifest plus ``reused``/paths facts)."""
+             log: Callable[[str], None] = lambda m: None, mode: str = "all", shard_index: int | None = None) -> dict:
+    """Do the job; returns a result dict (the manifest plus ``reused``/paths facts).
+
+    ``mode``: ``all`` (plan, tokenize, assemble, publish), ``shard`` (tokenize slice ``shard_index``
+    of ``spec.shards``; publish nothing) or ``merge`` (assemble and publish after every shard).
+    """
     volumes = {k: Path(v) for k, v in volumes.items()}
     out_root = _volume(volumes, spec.output.claim_name, spec.output.claim_name, "output")
     prefix = out_root / spec.output.prefix
-    if token is not None:
+    if spec.source.hub is not None or spec.tokenizer.hub is not None:
         from . import hub
 
-        hub.preflight(spec, token) if hasattr(hub, "preflight") else None
+        # fail fast on gated/missing repos before anything heavy (works offline from the cache)
+        hub.preflight(spec, token, cache_dir=out_root / STATE_DIR / "hub-cache",
+                      tokenizer_dir=out_root / STATE_DIR / "tokenizers")
     tok_cfg, tok_path = resolve_tokenizer(spec, volumes, token, log)
     inputs, identity = resolve_inputs(spec, volumes, token, log)
     fingerprint = work_fingerprint(identity, tok_cfg, spec)
@@ -141,7 +153,14 @@ def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | No
         manifest_extra={"fingerprint": fingerprint, "source": identity,
                         "tokenizer_file": os.path.relpath(tok_path, out_root) if tok_path else None},
     )
-    manifest = pipeline.run(req)
+    if mode == "shard":
+        if shard_index is None or not 0 <= shard_index < spec.shards:
+            raise BinarizeError(f"shard index {shard_index} is outside 0..{spec.shards - 1}")
+        info = pipeline.run(req, shard=(shard_index, spec.shards))
+        log(f"shard {shard_index}/{spec.shards}: {info['chunks']} chunks ({info['chunks_reused']} reused from "
+            f"an earlier attempt), {info['documents']:,} documents")
+        return {"ok": True, "reused": False, "fingerprint": fingerprint, **info}
+    manifest = pipeline.finish(req) if mode == "merge" else pipeline.run(req)
     return _result(manifest, prefix, out_root, tok_path, reused=False)
 
 

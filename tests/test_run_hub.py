@@ -1,0 +1,62 @@
+"""`datasetprep run` / the job with a Hub dataset and a gated Hub tokenizer, against the local fake
+Hub (real huggingface_hub client code): bytes, recorded revision, zero re-downloads, no token leak."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from datasetprep import indexed, pipeline, tokenization
+from datasetprep.hub import HubAuthError
+from datasetprep.runner import run_spec
+from datasetprep.spec import parse_spec
+from hubserver import GOOD_TOKEN, _fake_hub_server, fake_hub  # noqa: F401  (fixtures)
+
+SPEC = {
+    "source": {"hub": {"repo": "acme/tiny-corpus", "subset": "en", "split": "train"}, "textKeys": ["text"]},
+    "tokenizer": {"type": "auto", "hub": {"repo": "acme/gated-llama"}},
+    "output": {"claimName": "data", "prefix": "out/tiny"},
+    "appendEod": True,
+    "workers": 2,
+    "hfTokenSecretRef": {"name": "hf-token"},
+}
+
+
+def test_hub_source_and_gated_tokenizer(fake_hub, tmp_path, caplog, capsys):  # noqa: F811
+    spec = parse_spec(SPEC)
+    logs = []
+    res = run_spec(spec, {"data": tmp_path}, token=GOOD_TOKEN, log=logs.append)
+    assert res["ok"] and not res["reused"]
+    assert res["resolved_revision"] and len(res["resolved_revision"]) == 40
+    man = json.loads((tmp_path / "out" / "tiny.manifest.json").read_text())
+    assert man["source"]["revision"] == res["resolved_revision"]
+    # same bytes as binarizing the downloaded files directly with the downloaded tokenizer
+    files = [tmp_path / f for f in man["input"]["files"]] if not man["input"]["files"][0].startswith("/") \
+        else [__import__("pathlib").Path(f) for f in man["input"]["files"]]
+    tok_file = tmp_path / res["tokenizer"]["path"]
+    cfg = tokenization.resolve_config("auto", tok_file)
+    pipeline.run(pipeline.Request(inputs=files, output_prefix=str(tmp_path / "direct"), tokenizer=cfg,
+                                  append_eod=True))
+    for ext in ("bin", "idx"):
+        assert (tmp_path / f"out/tiny_text_document.{ext}").read_bytes() == \
+            (tmp_path / f"direct_text_document.{ext}").read_bytes()
+    assert indexed.IndexedDataset(tmp_path / "out" / "tiny_text_document").num_documents > 0
+    # second run: reused, zero dataset file downloads
+    fake_hub.reset()
+    res2 = run_spec(spec, {"data": tmp_path}, token=GOOD_TOKEN, log=logs.append)
+    assert res2["reused"]
+    assert fake_hub.file_downloads("acme/tiny-corpus") == 0
+    # the token is nowhere
+    everything = json.dumps(res) + json.dumps(res2) + json.dumps(man) + "\n".join(logs) + caplog.text
+    everything += "".join(capsys.readouterr())
+    for p in (tmp_path / "out").rglob("*"):
+        if p.is_file() and p.suffix == ".json":
+            everything += p.read_text()
+    assert GOOD_TOKEN not in everything
+
+
+def test_gated_tokenizer_without_token_fails_fast(fake_hub, tmp_path):  # noqa: F811
+    with pytest.raises(HubAuthError, match="gated or private repo"):
+        run_spec(parse_spec(SPEC), {"data": tmp_path}, token=None)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.bin"))
+    assert fake_hub.file_downloads("acme/tiny-corpus") == 0
