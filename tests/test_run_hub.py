@@ -3,6 +3,7 @@ Hub (real huggingface_hub client code): bytes, recorded revision, zero re-downlo
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -60,3 +61,21 @@ def test_gated_tokenizer_without_token_fails_fast(fake_hub, tmp_path):  # noqa: 
         run_spec(parse_spec(SPEC), {"data": tmp_path}, token=None)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.bin"))
     assert fake_hub.file_downloads("acme/tiny-corpus") == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_streaming_mode_gives_the_same_bytes_without_downloading(fake_hub, tmp_path, workers):  # noqa: F811
+    spec = parse_spec({**SPEC, "workers": workers})
+    run_spec(spec, {"data": tmp_path}, token=GOOD_TOKEN)
+    cache = tmp_path / ".datasetprep" / "hub-cache"
+    shutil.rmtree(cache)
+    fake_hub.reset()
+    streamed = {**SPEC, "workers": workers, "output": {"claimName": "data", "prefix": "out/streamed"},
+                "source": {**SPEC["source"], "hub": {**SPEC["source"]["hub"], "streaming": True}}}
+    res = run_spec(parse_spec(streamed), {"data": tmp_path}, token=GOOD_TOKEN)
+    assert res["ok"] and res["resolved_revision"]
+    for ext in ("bin", "idx"):
+        assert (tmp_path / f"out/streamed_text_document.{ext}").read_bytes() == \
+            (tmp_path / f"out/tiny_text_document.{ext}").read_bytes()
+    assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file() and p.suffix in (".parquet", ".jsonl", ".gz")]
+    assert fake_hub.count("GET") > 0  # the records came over HTTP

@@ -165,6 +165,17 @@ def _write_sentence_docs(writer, tok, values, eod, dtype, where):
 
 def process_chunk(index: int, chunk: Chunk, part_dir: str) -> dict:
     """Tokenize one chunk into one part per key.  Runs in a worker process (or inline for W=1)."""
+    return _tokenize(index, readers.read_chunk(chunk, _Worker.keys), part_dir,
+                     lambda k: readers.record_location(chunk, k), chunk.size)
+
+
+def process_records(index: int, records: list, nbytes: int, first: int, part_dir: str) -> dict:
+    """Tokenize one batch of streamed records (Hub streaming mode) into one part per key."""
+    return _tokenize(index, iter([(records, nbytes)]), part_dir, lambda k: f"streamed record {first + k + 1}",
+                     nbytes)
+
+
+def _tokenize(index: int, batches, part_dir: str, locate, size: int) -> dict:
     tok = _Worker.tok
     keys = _Worker.keys
     eod = tok.eod if _Worker.append_eod else None
@@ -174,11 +185,11 @@ def process_chunk(index: int, chunk: Chunk, part_dir: str) -> dict:
     last = time.monotonic()
     pend_bytes = pend_docs = pend_tokens = 0
     try:
-        for records, nbytes in readers.read_chunk(chunk, keys):
+        for records, nbytes in batches:
             for k, w in enumerate(writers):
                 values = [r[k] for r in records]
                 def where(i, k=k, base=docs):
-                    return readers.record_location(chunk, base + i)
+                    return locate(base + i)
                 if any(type(v) is not str for v in values):
                     _write_sentence_docs(w, tok, values, eod, dtype, where)
                     continue
@@ -202,7 +213,7 @@ def process_chunk(index: int, chunk: Chunk, part_dir: str) -> dict:
         raise
     if _Worker.queue is not None and (pend_bytes or pend_docs or pend_tokens):
         _Worker.queue.put((pend_bytes, pend_docs, pend_tokens))
-    return {"index": index, "parts": infos, "documents": docs, "bytes": chunk.size}
+    return {"index": index, "parts": infos, "documents": docs, "bytes": size}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,10 +395,86 @@ def finish(req: Request) -> dict:
     return _finish(req, tok, dtype, files, chunks, wd, results, stats, t0)
 
 
+def run_stream(req: Request, batches, bytes_hint: int = 0) -> dict:
+    """Binarize records that arrive as an iterator of ``(records, nbytes)`` batches (Hub streaming
+    mode: nothing is materialised).  The driver reads, the workers tokenize and write parts; at most
+    2×W batches are in flight, so memory stays bounded.  No resume: a rerun streams again."""
+    t0 = time.time()
+    check_outputs(req)
+    tok = _load_checked(req)
+    dtype = indexed.dtype_for_vocab(tok.vocab_size)
+    wd = work_dir(req, "stream-" + uuid.uuid4().hex[:8])
+    (wd / "parts").mkdir(parents=True)
+    stats = {"bytes_done": 0, "bytes_total": bytes_hint, "documents": 0, "tokens": 0, "started": t0,
+             "chunks_done": 0, "chunks_total": 0, "chunks_reused": 0}
+    part_dir = str(wd / "parts")
+    results: list[dict] = []
+    try:
+        if req.workers <= 1:
+            _Worker.tok, _Worker.keys, _Worker.append_eod, _Worker.dtype = tok, tuple(req.keys), req.append_eod, dtype
+            _Worker.queue = _LocalQueue(stats, req.progress)
+            first = 0
+            for i, (recs, nb) in enumerate(batches):
+                stats["chunks_total"] += 1
+                results.append(process_records(i, recs, nb, first, part_dir))
+                first += len(recs)
+                stats["chunks_done"] += 1
+            _Worker.queue = None
+        else:
+            results = _stream_pool(req, batches, part_dir, dtype, stats)
+    except BaseException:
+        _Worker.queue = None
+        shutil.rmtree(wd, ignore_errors=True)
+        raise
+    return _finish(req, tok, dtype, [], [], wd, results, stats, t0)
+
+
+def _stream_pool(req: Request, batches, part_dir: str, dtype, stats: dict) -> list[dict]:
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    ex = cf.ProcessPoolExecutor(max_workers=req.workers, mp_context=ctx, initializer=_init_worker,
+                                initargs=(req.tokenizer, tuple(req.keys), req.append_eod, dtype.str, queue))
+    results: list[dict] = []
+    pending: set = set()
+    first = 0
+
+    def collect(block: bool) -> None:
+        nonlocal pending
+        if not pending:
+            return
+        done, pending = cf.wait(pending, timeout=None if block else 0, return_when=cf.FIRST_COMPLETED)
+        _drain(queue, stats)
+        for f in done:
+            exc = f.exception()
+            if exc is not None:
+                raise exc
+            results.append(f.result())
+            stats["chunks_done"] += 1
+        if req.progress:
+            req.progress(dict(stats))
+
+    try:
+        for i, (recs, nb) in enumerate(batches):
+            stats["chunks_total"] += 1
+            pending.add(ex.submit(process_records, i, recs, nb, first, part_dir))
+            first += len(recs)
+            collect(block=len(pending) >= 2 * req.workers)
+        while pending:
+            collect(block=True)
+        ex.shutdown(wait=True)
+    except BaseException:
+        _kill_pool(ex)
+        raise
+    finally:
+        queue.close()
+    results.sort(key=lambda r: r["index"])
+    return results
+
+
 def _finish(req, tok, dtype, files, chunks, wd: Path, results, stats, t0) -> dict:
     if not sum(r["documents"] for r in results):
         shutil.rmtree(wd, ignore_errors=True)
-        raise InputError(f"the inputs hold no records ({', '.join(map(str, files[:3]))})")
+        raise InputError(f"the inputs hold no records ({', '.join(map(str, files[:3])) or 'stream'})")
     fp: dict = {}
     hasher = threading.Thread(target=_hash_files, args=(files, fp), daemon=True)
     hasher.start()

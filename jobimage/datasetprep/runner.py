@@ -83,18 +83,39 @@ def resolve_inputs(spec: DatasetPrepSpec, volumes: dict[str, Path], token: str |
         return files, {"files": [os.path.relpath(p, root) for p in files], "sha256": _file_digest(files)}
     from . import hub
 
-    if s.hub.streaming:
-        raise BinarizeError(
-            "source.hub.streaming is not supported by this version: set streaming: false (files are downloaded "
-            "once into the output volume's cache and reused by later runs)"
-        )
     resolved = hub.resolve_dataset(s.hub, token, cache_dir=out_root / STATE_DIR / "hub-cache")
     log(f"dataset {s.hub.repo} ({s.hub.subset or 'default'}/{s.hub.split}) at {s.hub.revision} "
         f"resolved to {resolved.sha}")
-    files = hub.download_dataset(resolved, out_root / STATE_DIR / "hub-cache", token)
     identity = {"hub": s.hub.repo, "revision": resolved.sha, "subset": s.hub.subset, "split": s.hub.split,
-                "data_files": s.hub.data_files, "files": [p.name for p in files]}
+                "data_files": s.hub.data_files, "files": [f.path for f in resolved.files]}
+    if s.hub.streaming:
+        return resolved, identity  # read over the network while tokenizing; nothing downloaded
+    files = hub.download_dataset(resolved, out_root / STATE_DIR / "hub-cache", token)
     return files, identity
+
+
+def _stream_batches(resolved, token, keys: tuple[str, ...], batch_bytes: int = 4 << 20):
+    """Group streamed records into batches of about ``batch_bytes`` of text."""
+    from . import hub
+    from .readers import InputError
+
+    recs, size, n = [], 0, 0
+    for row in hub.iter_streaming_records(resolved, token, columns=list(keys)):
+        n += 1
+        vals = []
+        for k in keys:
+            v = row.get(k)
+            if not isinstance(v, (str, list)):
+                raise InputError(f"streamed record {n}: field {k!r} is "
+                                 f"{'missing' if k not in row else type(v).__name__}, expected a string")
+            vals.append(v)
+            size += len(v) if isinstance(v, str) else sum(map(len, v))
+        recs.append(tuple(vals))
+        if size >= batch_bytes:
+            yield recs, size
+            recs, size = [], 0
+    if recs:
+        yield recs, size
 
 
 def read_manifest(prefix: Path) -> dict | None:
@@ -148,11 +169,17 @@ def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | No
             "choose another output prefix, or pass --overwrite to replace it"
         )
     req = Request(
-        inputs=inputs, output_prefix=os.fspath(prefix), tokenizer=tok_cfg, keys=tuple(spec.source.text_keys),
+        inputs=inputs if isinstance(inputs, list) else [], output_prefix=os.fspath(prefix), tokenizer=tok_cfg, keys=tuple(spec.source.text_keys),
         append_eod=spec.append_eod, workers=workers or spec.workers, overwrite=True, progress=progress,
         manifest_extra={"fingerprint": fingerprint, "source": identity,
                         "tokenizer_file": os.path.relpath(tok_path, out_root) if tok_path else None},
     )
+    if not isinstance(inputs, list):  # Hub streaming
+        if mode != "all" or spec.shards > 1:
+            raise BinarizeError("source.hub.streaming cannot be sharded: set shards: 1, or streaming: false")
+        manifest = pipeline.run_stream(req, _stream_batches(inputs, token, tuple(spec.source.text_keys)),
+                                       bytes_hint=getattr(inputs, "total_bytes", 0) or 0)
+        return _result(manifest, prefix, out_root, tok_path, reused=False)
     if mode == "shard":
         if shard_index is None or not 0 <= shard_index < spec.shards:
             raise BinarizeError(f"shard index {shard_index} is outside 0..{spec.shards - 1}")
