@@ -58,7 +58,8 @@ def add_binarize(sub) -> None:
                    help="HF: do not add post-processor special tokens (e.g. BOS)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
-    p.add_argument("--chunk-mib", type=float, default=16, help="work unit size (advanced)")
+    p.add_argument("--chunk-mib", type=float, default=None,
+                   help="work unit size (advanced; default: input/64, between 1 and 16 MiB)")
     p.add_argument("--no-native", action="store_true", help="never use the native BPE engine")
     p.set_defaults(func=cmd_binarize)
 
@@ -97,7 +98,7 @@ def cmd_binarize(a) -> int:
     req = pipeline.Request(
         inputs=inputs, output_prefix=a.output_prefix, tokenizer=cfg, keys=tuple(a.json_keys),
         append_eod=a.append_eod, workers=a.workers, overwrite=a.overwrite,
-        chunk_bytes=max(1, int(a.chunk_mib * 2**20)), partitions=a.partitions,
+        chunk_bytes=max(1, int(a.chunk_mib * 2**20)) if a.chunk_mib else None, partitions=a.partitions,
         keep_sequential=a.keep_sequential_samples, progress=prog,
     )
     try:

@@ -54,7 +54,7 @@ class Request:
     append_eod: bool = False
     workers: int = 1
     overwrite: bool = False
-    chunk_bytes: int = CHUNK_BYTES
+    chunk_bytes: int | None = None  # None: total input / 64, clamped to [1 MiB, 16 MiB]
     level: str = "document"
     partitions: int = 1  # Megatron's --partitions K (round-robin document order)
     keep_sequential: bool = False  # with partitions: Megatron's --keep-sequential-samples (order kept)
@@ -80,6 +80,8 @@ class _Worker:
 def _init_worker(cfg: TokenizerConfig, keys, append_eod: bool, dtype: str, queue) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     _Worker.tok = tokenization.load(cfg)
+    if hasattr(_Worker.tok, "threads"):
+        _Worker.tok.threads = 1  # W processes already fill the cores
     _Worker.keys = tuple(keys)
     _Worker.append_eod = append_eod
     _Worker.dtype = np.dtype(dtype)
@@ -311,11 +313,18 @@ def plan(req: Request) -> tuple[list[Path], list[Chunk]]:
     empty = [p for p in files if p.stat().st_size == 0]
     if empty:
         raise InputError(f"input {empty[0]} is empty (0 bytes): nothing to tokenize")
+    size = req.chunk_bytes or auto_chunk_bytes(sum(f.stat().st_size for f in files))
     if req.partitions > 1 and not req.keep_sequential:
-        chunks = readers.plan_round_robin(files, req.partitions, req.chunk_bytes)
+        chunks = readers.plan_round_robin(files, req.partitions, size)
     else:
-        chunks = readers.plan_chunks(files, req.chunk_bytes)
+        chunks = readers.plan_chunks(files, size)
     return files, chunks
+
+
+def auto_chunk_bytes(total: int) -> int:
+    """About 64 chunks for small inputs (even load over workers), 16 MiB for large ones.  Depends on
+    the input only, so a rerun with other workers or shards still finds the chunks it finished."""
+    return max(1 << 20, min(CHUNK_BYTES, total // 64))
 
 
 def work_key(req: Request, files: list[Path], chunks: list[Chunk]) -> str:

@@ -255,8 +255,10 @@ class SentencePieceTok(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self._encode(text)
 
+    threads = -1  # batch encoding threads; worker processes of a pool set 1 (one process per core)
+
     def encode_many(self, texts: list[str]) -> list:
-        return self.sp.encode(texts, out_type=int)
+        return self.sp.encode(texts, out_type=int, num_threads=self.threads)
 
     def decode(self, ids) -> str:
         return self.sp.decode([int(i) for i in ids])
