@@ -284,6 +284,8 @@ def add_operator(sub) -> None:
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' to disable)")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 to disable)")
     p.add_argument("--peering", default=None, help="kopf peering name for several replicas (default: standalone)")
+    p.add_argument("--priority", type=int, default=None,
+                   help="kopf peering priority (replicas need distinct ones; the Helm chart derives it)")
     p.set_defaults(func=cmd_operator)
 
 
@@ -293,7 +295,7 @@ def cmd_operator(a) -> int:
     return op_cli.run(
         namespaces=a.namespace, all_namespaces=a.all_namespaces or not a.namespace,
         liveness=a.liveness or None, metrics_port=a.metrics_port or None,
-        peering=a.peering, standalone=a.peering is None,
+        peering=a.peering, standalone=a.peering is None, priority=a.priority,
     ) or 0
 
 

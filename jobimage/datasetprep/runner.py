@@ -168,7 +168,9 @@ def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | No
             f"{pipeline.manifest_path(os.fspath(prefix))} exists and was made from different inputs or settings; "
             "choose another output prefix, or pass --overwrite to replace it"
         )
+    chunk_mib = os.environ.get("DATASETPREP_CHUNK_MIB")  # advanced: work-unit size (checkpoint granularity)
     req = Request(
+        chunk_bytes=int(float(chunk_mib) * 2**20) if chunk_mib else None,
         inputs=inputs if isinstance(inputs, list) else [], output_prefix=os.fspath(prefix), tokenizer=tok_cfg, keys=tuple(spec.source.text_keys),
         append_eod=spec.append_eod, workers=workers or spec.workers, overwrite=True, progress=progress,
         manifest_extra={"fingerprint": fingerprint, "source": identity,

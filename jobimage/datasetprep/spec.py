@@ -126,6 +126,8 @@ class FilesSource(_Model):
     @classmethod
     def _relative(cls, paths: list[str]) -> list[str]:
         for p in paths:
+            if len(p) > 4096:
+                raise ValueError("source.files.paths entries are at most 4096 characters")
             check_relative_path(p, "source.files.paths entry")
         return paths
 
@@ -330,7 +332,16 @@ class DatasetPrepSpec(_Model):
         description="Delete the dataset files when the DatasetPrep is deleted. By default the data "
         "is kept.",
     )
-    backoff_limit: int = Field(default=2, description="Retries of a failed job pod.", ge=0, le=100)
+    backoff_limit: int = Field(
+        default=2, description="Retries of a failed job pod (per shard index when `shards` > 1).", ge=0, le=100
+    )
+    reuse: Literal["IfIdentical", "Never"] = Field(
+        default="IfIdentical",
+        description="`IfIdentical`: when another DatasetPrep in the namespace already produced the same data "
+        "(same source, tokenizer, text keys, EOD setting and output claim) and is Ready, point at its output "
+        "instead of launching a Job. Files on a volume are trusted not to have changed since; use `Never` "
+        "to always run. Within a run, an output whose manifest fingerprint matches is never redone.",
+    )
     image: str | None = Field(
         default=None, description="Job image override. Defaults to the operator's configured job image.",
         max_length=1024,

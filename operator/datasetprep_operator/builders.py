@@ -1,0 +1,670 @@
+"""Pure builders: Job manifests, training ConfigMaps, job results and status fragments.
+
+Nothing here talks to the API server or reads the environment; every function takes what it needs
+and returns plain dicts, so the unit tests check the exact manifests without a cluster. The
+reconciler (``reconcile.py``) decides *when* to call them and submits what they return.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import posixpath
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from datasetprep.spec import DatasetPrepSpec
+
+from datasetprep_operator.config import OperatorConfig
+
+# Labels and annotations put on every child object.
+LABEL_OWNER_UID = "datasetprep.io/owner-uid"
+LABEL_SPEC_HASH = "datasetprep.io/spec-hash"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_NAME = "app.kubernetes.io/name"
+ANNOTATION_OWNER_NAME = "datasetprep.io/owner-name"
+MANAGED_BY = "datasetprep-operator"
+
+CONTAINER_NAME = "datasetprep"
+JOB_COMMAND = ["datasetprep", "job"]
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+RUN_AS_ID = 65532
+CLAIMS_ROOT = "/mnt/claims"
+TMP_DIR = "/tmp"
+HF_HOME = "/tmp/hf"
+MAX_NAME = 63
+HASH_LEN = 8
+MAX_MESSAGE = 1024
+
+# Spec fields that do not change what the Job does, so changing them does not start a new run.
+_HASH_EXCLUDED = frozenset({"deleteDataOnDelete"})
+
+# Megatron-LM's --tokenizer-type and NeMo's get_nmt_tokenizer(library=...) per tokenizer type.
+MEGATRON_TOKENIZER = {
+    "sentencepiece": "SentencePieceTokenizer",
+    "huggingface": "HuggingFaceTokenizer",
+    "tiktoken": "TikTokenizer",
+    "null": "NullTokenizer",
+}
+NEMO_LIBRARY = {"sentencepiece": "sentencepiece", "huggingface": "huggingface", "tiktoken": "tiktoken",
+                "null": "null"}
+
+
+# --------------------------------------------------------------------------- names
+
+
+def spec_hash(spec: DatasetPrepSpec) -> str:
+    """Short content hash of everything in the spec that shapes the Job.
+
+    Fields left at their defaults are left out of the hash, so a newer spec model that adds an
+    optional field (or a manifest that spells a default out) does not relaunch finished work.
+    """
+    wire = spec.model_dump(by_alias=True, mode="json", exclude_defaults=True)
+    wire = {k: v for k, v in wire.items() if k not in _HASH_EXCLUDED}
+    canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LEN]
+
+
+def job_name(parent: str, digest: str) -> str:
+    """``<parent>-<digest>``, the parent part cut so the whole fits a 63-character label value."""
+    head = parent[: MAX_NAME - len(digest) - 1].rstrip("-.")
+    return f"{head}-{digest}"
+
+
+def config_map_name(parent: str, spec: DatasetPrepSpec) -> str:
+    """The training ConfigMap's name: ``spec.trainingConfig.configMapName`` or ``<parent>-training``."""
+    return spec.training_config.config_map_name or f"{parent}-training"
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimMount:
+    """One PersistentVolumeClaim the job pod mounts."""
+
+    claim: str
+    volume: str
+    mount_path: str
+    read_only: bool
+
+
+def claim_mounts(spec: DatasetPrepSpec) -> list[ClaimMount]:
+    """Every claim the spec references: the output claim (read-write) first, then inputs (read-only)."""
+    out = spec.output.claim_name
+    mounts = [ClaimMount(out, "output", spec.output.mount_path, False)]
+    inputs: list[str] = []
+    if spec.source.files is not None:
+        inputs.append(spec.source.files.claim_name or out)
+    if spec.tokenizer.path is not None:
+        inputs.append(spec.tokenizer.path.claim_name or out)
+    for i, claim in enumerate(sorted(set(inputs) - {out})):
+        mounts.append(ClaimMount(claim, f"claim-{i}", posixpath.join(CLAIMS_ROOT, claim), True))
+    return mounts
+
+
+# --------------------------------------------------------------------------- the Job
+
+
+def child_labels(parent_uid: str, digest: str | None = None) -> dict[str, str]:
+    """Labels that find a DatasetPrep's children (by owner uid: names may exceed label limits)."""
+    labels = {LABEL_NAME: "datasetprep", LABEL_MANAGED_BY: MANAGED_BY, LABEL_OWNER_UID: parent_uid}
+    if digest is not None:
+        labels[LABEL_SPEC_HASH] = digest
+    return labels
+
+
+def job_env(spec: DatasetPrepSpec, *, parent: str, namespace: str) -> list[dict[str, Any]]:
+    """The job container's environment (the contract with ``datasetprep job``)."""
+    volumes = {m.claim: m.mount_path for m in claim_mounts(spec)}
+    env: list[dict[str, Any]] = [
+        {"name": "DATASETPREP_SPEC", "value": compact_json(spec.to_wire())},
+        {"name": "DATASETPREP_VOLUMES", "value": compact_json(volumes)},
+        {"name": "DATASETPREP_NAME", "value": parent},
+        {"name": "DATASETPREP_NAMESPACE", "value": namespace},
+        {"name": "DATASETPREP_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "DATASETPREP_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "HF_HOME", "value": HF_HOME},
+    ]
+    if spec.hf_token_secret_ref is not None:
+        ref = spec.hf_token_secret_ref
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return env
+
+
+def restricted_security_context() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pod and container security contexts that satisfy the ``restricted`` Pod Security Standard."""
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_ID,
+        "runAsGroup": RUN_AS_ID,
+        "fsGroup": RUN_AS_ID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return pod, container
+
+
+def build_job(
+    spec: DatasetPrepSpec,
+    *,
+    parent: str,
+    namespace: str,
+    parent_uid: str,
+    config: OperatorConfig,
+    indexed: bool = False,
+) -> dict[str, Any]:
+    """The Job that runs ``datasetprep job`` for one spec version.
+
+    Args:
+        spec: the validated spec.
+        parent: name of the DatasetPrep (the Job is ``<parent>-<spec hash>``).
+        namespace: its namespace.
+        parent_uid: its uid, for the labels that find the children again.
+        config: operator settings (default image, service account, pull policy).
+        indexed: build an Indexed Job with ``spec.shards`` completions. Off until the job
+            entrypoint shards its input; until then one pod does all the work.
+
+    Returns:
+        The manifest, without owner references (the caller adopts it).
+    """
+    digest = spec_hash(spec)
+    name = job_name(parent, digest)
+    labels = child_labels(parent_uid, digest) | {LABEL_COMPONENT: "job"}
+    pod_sc, container_sc = restricted_security_context()
+    mounts = claim_mounts(spec)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or config.job_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": list(JOB_COMMAND),
+        "env": job_env(spec, parent=parent, namespace=namespace),
+        "securityContext": container_sc,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": m.volume, "mountPath": m.mount_path, "readOnly": m.read_only} for m in mounts]
+        + [{"name": "tmp", "mountPath": TMP_DIR}],
+    }
+    if spec.resources is not None:
+        resources = spec.resources.model_dump(by_alias=True, exclude_none=True)
+        if resources:
+            container["resources"] = resources
+    pod_spec = {
+        "restartPolicy": "Never",
+        "serviceAccountName": config.job_service_account,
+        # The job annotates its own pod with progress (needs pods get/patch in the namespace).
+        "automountServiceAccountToken": True,
+        "securityContext": pod_sc,
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}]
+        + [{"name": m.volume, "persistentVolumeClaim": {"claimName": m.claim, "readOnly": m.read_only}}
+           for m in mounts],
+    }
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    if indexed:
+        job_spec.update({
+            "completionMode": "Indexed",
+            "completions": spec.shards,
+            "parallelism": spec.parallelism or spec.shards,
+            "backoffLimitPerIndex": spec.backoff_limit,
+        })
+        del job_spec["backoffLimit"]  # with per-index limits the global one only caps total failures
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {ANNOTATION_OWNER_NAME: parent},
+        },
+        "spec": job_spec,
+    }
+
+
+def compact_json(value: Any) -> str:
+    """Compact, key-sorted JSON (stable across runs)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- job results
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputFile:
+    """One ``{prefix}_{key}_document.{bin,idx}`` pair, as the job reports it."""
+
+    key: str
+    prefix: str
+    documents: int | None = None
+    sequences: int | None = None
+    tokens: int | None = None
+    dtype: str | None = None
+    bin_sha256: str | None = None
+    idx_sha256: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class JobResult:
+    """What ``datasetprep job`` said in its termination message."""
+
+    ok: bool
+    error: str | None = None
+    outputs: tuple[OutputFile, ...] = ()
+    tokenizer_type: str | None = None
+    tokenizer_path: str | None = None
+    vocab_size: int | None = None
+    eod_id: int | None = None
+    fingerprint: str | None = None
+    resolved_revision: str | None = None
+    reused: bool | None = None
+
+
+def parse_termination_message(message: str | None, *, fallback: str | None = None) -> JobResult:
+    """Read the job's termination message defensively.
+
+    Success is only ever taken from a well-formed ``{"ok": true, "outputs": [...]}``. Anything else
+    (``{"ok": false, "error": ...}``, a log tail that ``FallbackToLogsOnError`` put there, a message
+    cut at Kubernetes' 4 KiB limit, nothing at all) is a failure whose error is the best text there is.
+
+    Args:
+        message: ``state.terminated.message`` of the job container, if any.
+        fallback: text to report when the message says nothing usable (e.g. a log tail).
+    """
+    text = (message or "").strip()
+    data: Any = None
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+    if isinstance(data, dict) and data.get("ok") is True:
+        try:
+            return _success(data)
+        except (TypeError, ValueError, KeyError) as exc:
+            return JobResult(ok=False, error=f"the job reported success with an unreadable result: {exc}")
+    if isinstance(data, dict) and isinstance(data.get("error"), str) and data["error"].strip():
+        return JobResult(ok=False, error=_clip(data["error"].strip()))
+    if text:
+        return JobResult(ok=False, error=_clip(text, tail=True))
+    if fallback and fallback.strip():
+        return JobResult(ok=False, error=_clip(fallback.strip(), tail=True))
+    return JobResult(ok=False, error="the job left no termination message and no log")
+
+
+def _success(data: Mapping[str, Any]) -> JobResult:
+    outputs = data.get("outputs")
+    if not isinstance(outputs, list) or not outputs:
+        raise ValueError("no outputs")
+    files = []
+    for item in outputs:
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str) or not isinstance(item.get("prefix"), str):
+            raise ValueError(f"malformed output entry {item!r}")
+        files.append(OutputFile(
+            key=item["key"], prefix=item["prefix"], documents=_int(item.get("documents")),
+            sequences=_int(item.get("sequences")), tokens=_int(item.get("tokens")),
+            dtype=_str(item.get("dtype")), bin_sha256=_str(item.get("bin_sha256")),
+            idx_sha256=_str(item.get("idx_sha256")),
+        ))
+    tok = data.get("tokenizer") if isinstance(data.get("tokenizer"), dict) else {}
+    return JobResult(
+        ok=True, outputs=tuple(files), tokenizer_type=_str(tok.get("type")), tokenizer_path=_str(tok.get("path")),
+        vocab_size=_int(tok.get("vocab_size")), eod_id=_int(tok.get("eod_id")),
+        fingerprint=_str(data.get("fingerprint")), resolved_revision=_str(data.get("resolved_revision")),
+        reused=data.get("reused") if isinstance(data.get("reused"), bool) else None,
+    )
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _clip(text: str, *, tail: bool = False) -> str:
+    """Keep status messages short: the end of a log tail, the start of an error."""
+    if len(text) <= MAX_MESSAGE:
+        return text
+    return "..." + text[-(MAX_MESSAGE - 3):] if tail else text[: MAX_MESSAGE - 3] + "..."
+
+
+# --------------------------------------------------------------------------- training ConfigMap
+
+
+def pod_path(spec: DatasetPrepSpec, relative: str) -> str:
+    """A path on the output claim as the job and training pods see it."""
+    return posixpath.join(spec.output.mount_path, relative)
+
+
+def dataset_prefix(spec: DatasetPrepSpec, result: JobResult) -> str:
+    """The first key's dataset prefix (no ``.bin``/``.idx``) at the mount path."""
+    first = result.outputs[0]
+    return pod_path(spec, first.prefix)
+
+
+def tokenizer_file(spec: DatasetPrepSpec, result: JobResult) -> str | None:
+    """The tokenizer file at the mount path, or None (null tokenizer).
+
+    Megatron's and NeMo's HuggingFace tokenizers load a folder, so a reported ``tokenizer.json``
+    becomes its folder.
+    """
+    if not result.tokenizer_path:
+        return None
+    path = pod_path(spec, result.tokenizer_path)
+    if result.tokenizer_type == "huggingface" and path.endswith(".json"):
+        path = posixpath.dirname(path) or "/"
+    return path
+
+
+def training_config_data(spec: DatasetPrepSpec, result: JobResult) -> dict[str, str]:
+    """The training ConfigMap's data: ``config.yaml`` in the guide's shape and two siblings.
+
+    * ``config.yaml`` -- ``training.data.dataset_path`` / ``tokenizer_path``, exactly as step 4 of the
+      NeMo data-preparation guide has them.
+    * ``megatron-args.txt`` -- the Megatron-LM ``pretrain_gpt.py`` data and tokenizer flags.
+    * ``nemo2-data.yaml`` -- arguments of NeMo 2's ``PreTrainingDataModule``.
+    * ``claimName`` / ``mountPath`` -- where to mount the data.
+    """
+    prefix = dataset_prefix(spec, result)
+    tok_path = tokenizer_file(spec, result)
+    tok_type = result.tokenizer_type or spec.tokenizer.type
+    vocab = result.vocab_size if result.vocab_size is not None else spec.tokenizer.vocab_size
+
+    config = ["training:", "  data:", f"    dataset_path: {_yaml_str(prefix)}"]
+    if tok_path is not None:
+        config.append(f"    tokenizer_path: {_yaml_str(tok_path)}")
+
+    args = ["--data-path", prefix, "--tokenizer-type", MEGATRON_TOKENIZER.get(tok_type, tok_type)]
+    if tok_path is not None:
+        args += ["--tokenizer-model", tok_path]
+    if tok_type == "null" and vocab is not None:
+        args += ["--vocab-size", str(vocab)]
+
+    nemo = [
+        "# NeMo 2: nemo.collections.llm.gpt.data.PreTrainingDataModule(paths=..., seq_length=..., tokenizer=...)",
+        "# with the tokenizer from nemo.collections.nlp.modules.common.tokenizer_utils.get_nmt_tokenizer(**tokenizer).",
+        "# seq_length is not a property of the data: set it to the model's context length, e.g.",
+        "# seq_length: 8192",
+        "paths:",
+        f"  - {_yaml_str(prefix)}",
+        "tokenizer:",
+        f"  library: {_yaml_str(NEMO_LIBRARY.get(tok_type, tok_type))}",
+    ]
+    if tok_path is not None:
+        key = "model_name" if tok_type == "huggingface" else "tokenizer_model"
+        nemo.append(f"  {key}: {_yaml_str(tok_path)}")
+    if tok_type == "null" and vocab is not None:
+        nemo.append(f"  vocab_size: {vocab}")
+
+    return {
+        "config.yaml": "\n".join(config) + "\n",
+        "megatron-args.txt": " ".join(args) + "\n",
+        "nemo2-data.yaml": "\n".join(nemo) + "\n",
+        "claimName": spec.output.claim_name,
+        "mountPath": spec.output.mount_path,
+    }
+
+
+def _yaml_str(value: str) -> str:
+    """A double-quoted YAML scalar (JSON string syntax is valid YAML)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def build_config_map(name: str, namespace: str, parent_uid: str, data: Mapping[str, str]) -> dict[str, Any]:
+    """The training ConfigMap manifest (without owner references: the caller adopts it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": child_labels(parent_uid) | {LABEL_COMPONENT: "training-config"},
+        },
+        "data": dict(data),
+    }
+
+
+# --------------------------------------------------------------------------- status
+
+
+def output_status(spec: DatasetPrepSpec, result: JobResult) -> dict[str, Any]:
+    """``status.output`` for a successful run (camelCase, as stored)."""
+    first = result.outputs[0]
+    files = []
+    for f in result.outputs:
+        entry = {"key": f.key, "prefix": pod_path(spec, f.prefix), "documents": f.documents,
+                 "sequences": f.sequences, "tokens": f.tokens, "dtype": f.dtype,
+                 "binSha256": f.bin_sha256, "idxSha256": f.idx_sha256}
+        files.append({k: v for k, v in entry.items() if v is not None})
+    out = {
+        "prefix": dataset_prefix(spec, result),
+        "claimName": spec.output.claim_name,
+        "documents": first.documents,
+        "sequences": _sum(f.sequences for f in result.outputs),
+        "tokens": _sum(f.tokens for f in result.outputs),
+        "dtype": first.dtype,
+        "files": files,
+        "fingerprint": result.fingerprint,
+        "reused": result.reused,
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _sum(values: Iterable[int | None]) -> int | None:
+    items = list(values)
+    return None if any(v is None for v in items) else sum(items)  # type: ignore[arg-type]
+
+
+def success_message(result: JobResult) -> str:
+    """One line for the Ready condition and the event."""
+    first = result.outputs[0]
+    tokens = _sum(f.tokens for f in result.outputs)
+    files = ", ".join(f"{f.prefix}.bin/.idx" for f in result.outputs)
+    docs = "?" if first.documents is None else f"{first.documents:,}"
+    toks = "?" if tokens is None else f"{tokens:,}"
+    return f"{docs} documents, {toks} tokens written to {files}"
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """A copy of ``conditions`` with one condition set.
+
+    ``lastTransitionTime`` moves only when the condition's status changes, as the Kubernetes API
+    conventions ask; reason, message and observedGeneration always follow the latest observation.
+    """
+    result = [dict(c) for c in conditions or ()]
+    for cond in result:
+        if cond.get("type") == type_:
+            if cond.get("status") != status:
+                cond["lastTransitionTime"] = now
+            cond.update(status=status, reason=reason, message=message, observedGeneration=generation)
+            return result
+    result.append({"type": type_, "status": status, "reason": reason, "message": message,
+                   "observedGeneration": generation, "lastTransitionTime": now})
+    return result
+
+
+def set_conditions(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    *,
+    ready: bool,
+    reconciling: bool,
+    stalled: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """Set Ready, Reconciling and Stalled together (kstatus: abnormal-true polarity for the last two)."""
+    result = list(conditions or ())
+    for type_, value in (("Ready", ready), ("Reconciling", reconciling), ("Stalled", stalled)):
+        result = set_condition(result, type_, "True" if value else "False", reason, message,
+                               generation=generation, now=now)
+    return result
+
+
+PROGRESS_ANNOTATION = "datasetprep.io/progress"
+
+
+def pod_progress(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The progress a job pod published on itself (annotation ``datasetprep.io/progress``), if readable."""
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(PROGRESS_ANNOTATION)
+    try:
+        doc = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def aggregate_progress(reports: Iterable[Mapping[str, Any]], *, shards_done: int, shards_total: int,
+                       pods_active: int) -> dict[str, Any]:
+    """``status.progress`` from the job pods' own reports (latest per shard) and the Job's counts."""
+    latest: dict[Any, Mapping[str, Any]] = {}
+    for doc in reports:
+        key = doc.get("shard")
+        if key not in latest or (doc.get("time") or 0) >= (latest[key].get("time") or 0):
+            latest[key] = doc
+    progress: dict[str, Any] = {"shardsDone": shards_done, "shardsTotal": shards_total}
+    total = sum(_int(d.get("bytesTotal")) or 0 for d in latest.values())
+    done = sum(_int(d.get("bytesDone")) or 0 for d in latest.values())
+    if total > 0:
+        percent = min(100, (100 * done) // total)
+        tokens = sum(_int(d.get("tokens")) or 0 for d in latest.values())
+        rate = sum(_int(d.get("tokensPerSecond")) or 0 for d in latest.values())
+        progress.update(percent=percent, summary=f"{percent}%", bytesDone=done, bytesTotal=total, tokens=tokens,
+                        documents=sum(_int(d.get("documents")) or 0 for d in latest.values()),
+                        tokensPerSecond=rate)
+        if rate > 0 and tokens > 0 and done > 0:
+            bytes_per_second = rate * done / tokens
+            progress["etaSeconds"] = int((total - done) / bytes_per_second)
+    elif shards_done:
+        progress.update(percent=(100 * shards_done) // max(shards_total, 1),
+                        summary=f"{shards_done}/{shards_total} shards")
+    else:
+        progress["summary"] = "running" if pods_active else "starting"
+    return progress
+
+
+def running_status(
+    current: Mapping[str, Any],
+    *,
+    job: str,
+    generation: int | None,
+    now: str,
+    start_time: str | None,
+    progress: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Status while the Job for the current generation runs (the published output stays as it was)."""
+    previous = current.get("output")
+    message = f"Job {job} is running"
+    if previous and previous.get("prefix"):
+        message += f"; the training ConfigMap still points at {previous['prefix']}"
+    return {
+        "phase": "Running",
+        "observedGeneration": generation,
+        "jobName": job,
+        "startTime": start_time or now,
+        "completionTime": None,
+        "message": message,
+        "progress": dict(progress) if progress is not None else {"summary": "starting"},
+        "conditions": set_conditions(current.get("conditions"), ready=False, reconciling=True, stalled=False,
+                                     reason="Running", message=message, generation=generation, now=now),
+    }
+
+
+def waiting_status(
+    current: Mapping[str, Any], *, reason: str, message: str, generation: int | None, now: str
+) -> dict[str, Any]:
+    """Status while the run cannot start yet for a reason outside the spec (e.g. a claim to be created)."""
+    return {
+        "phase": "Pending",
+        "observedGeneration": generation,
+        "message": message,
+        "progress": {"summary": "waiting"},
+        "conditions": set_conditions(current.get("conditions"), ready=False, reconciling=True, stalled=False,
+                                     reason=reason, message=message, generation=generation, now=now),
+    }
+
+
+def succeeded_status(
+    current: Mapping[str, Any],
+    spec: DatasetPrepSpec,
+    result: JobResult,
+    *,
+    job: str,
+    config_map: str,
+    generation: int | None,
+    now: str,
+    completion_time: str | None,
+) -> dict[str, Any]:
+    """Status once the output is complete and the training ConfigMap written."""
+    message = success_message(result)
+    tokens = _sum(f.tokens for f in result.outputs)
+    return {
+        "phase": "Succeeded",
+        "observedGeneration": generation,
+        "jobName": job,
+        "configMapName": config_map,
+        "completionTime": completion_time or now,
+        "resolvedRevision": result.resolved_revision,
+        "message": message,
+        "output": output_status(spec, result),
+        "progress": {"summary": "100%", "percent": 100, "documents": result.outputs[0].documents,
+                     "tokens": tokens, "shardsDone": spec.shards, "shardsTotal": spec.shards},
+        "conditions": set_conditions(current.get("conditions"), ready=True, reconciling=False, stalled=False,
+                                     reason="Succeeded", message=message, generation=generation, now=now),
+    }
+
+
+def failed_status(
+    current: Mapping[str, Any],
+    *,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+    job: str | None = None,
+) -> dict[str, Any]:
+    """Status when the run for this generation cannot succeed without a change to the spec."""
+    status: dict[str, Any] = {
+        "phase": "Failed",
+        "observedGeneration": generation,
+        "message": message,
+        "progress": {"summary": "failed"},
+        "conditions": set_conditions(current.get("conditions"), ready=False, reconciling=False, stalled=True,
+                                     reason=reason, message=message, generation=generation, now=now),
+    }
+    if job is not None:
+        status["jobName"] = job
+        status["completionTime"] = now
+    return status
+
+
+def observed_status(current: Mapping[str, Any], *, generation: int | None) -> dict[str, Any]:
+    """Bump observedGeneration (status and conditions) when a change needed no new run."""
+    if current.get("observedGeneration") == generation:
+        return {}
+    conditions = [dict(c) | {"observedGeneration": generation} for c in current.get("conditions") or ()]
+    return {"observedGeneration": generation, "conditions": conditions}

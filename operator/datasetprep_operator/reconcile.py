@@ -1,0 +1,420 @@
+"""Level-triggered reconciliation of one DatasetPrep.
+
+:func:`reconcile` looks at the resource, its spec and its status, at the Job for the current
+spec and (once that Job is over) at its pods, and returns what the status should become plus
+the events worth posting. Every handler -- create, resume, update and the periodic timer -- calls
+the same function, so it must be safe to run any number of times, from any starting point:
+
+* The Job for a spec is named ``<name>-<spec hash>``. If it exists it is adopted, never recreated;
+  a 409 on create is read back and checked, never taken on trust.
+* The training ConfigMap is written only after the Job succeeded, from the job's own report.
+* A spec change starts a new Job; the previous output and ConfigMap stay as they are until the new
+  run succeeds. Unfinished Jobs of older specs are deleted at once, finished ones after the switch.
+* An invalid spec, a failed Job or a foreign object in the way is final for that generation
+  (``Stalled``): only a spec change starts over.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from datasetprep.spec import DatasetPrepSpec, format_validation_error, parse_spec
+from datasetprep_operator import builders
+from datasetprep_operator.config import OperatorConfig
+from datasetprep_operator.kube import Kube, translate_api_errors
+
+ACTIVE_PHASES = (None, "Pending", "Running")
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+CLAIM_RETRY_SECONDS = 10
+
+
+def utcnow() -> str:
+    """RFC 3339 timestamp, as Kubernetes writes them."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A Kubernetes event to post on the DatasetPrep."""
+
+    type: str  # "Normal" or "Warning"
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one reconciliation decided: a status merge-patch, events, and maybe an error to raise."""
+
+    status: dict[str, Any] = dataclasses.field(default_factory=dict)
+    events: list[Event] = dataclasses.field(default_factory=list)
+    error: Exception | None = None
+
+
+class MetricsSink:
+    """What the reconciler reports to metrics (``metrics.Metrics`` implements it; tests may not)."""
+
+    def run_started(self) -> None: ...
+    def run_succeeded(self, tokens: int | None) -> None: ...
+    def run_failed(self) -> None: ...
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything a reconciliation needs besides the resource."""
+
+    kube: Kube
+    config: OperatorConfig
+    metrics: MetricsSink = dataclasses.field(default_factory=MetricsSink)
+    now: Callable[[], str] = utcnow
+    locks: "Locks" = dataclasses.field(default_factory=lambda: Locks())
+
+
+class _Lock:
+    """A lock that weak references can point at (``threading.Lock`` objects cannot)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class Locks:
+    """One lock per resource uid: the timer and the change handlers run in different threads.
+
+    Entries live only while some thread holds or waits for them, so deleted resources leave nothing.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: weakref.WeakValueDictionary[str, _Lock] = weakref.WeakValueDictionary()
+
+    def __call__(self, uid: str) -> _Lock:
+        with self._guard:
+            lock = self._locks.get(uid)
+            if lock is None:
+                lock = self._locks[uid] = _Lock()
+            return lock
+
+
+@dataclasses.dataclass(frozen=True)
+class Resource:
+    """The DatasetPrep as one handler call saw it."""
+
+    body: Mapping[str, Any]
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        return self.body["metadata"]
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def namespace(self) -> str:
+        return self.meta["namespace"]
+
+    @property
+    def uid(self) -> str:
+        return self.meta["uid"]
+
+    @property
+    def generation(self) -> int | None:
+        return self.meta.get("generation")
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        return self.body.get("spec") or {}
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return self.body.get("status") or {}
+
+
+def needs_watching(status: Mapping[str, Any]) -> bool:
+    """True while a run may still change state (the timer only runs for these)."""
+    return (status or {}).get("phase") in ACTIVE_PHASES
+
+
+@dataclasses.dataclass(frozen=True)
+class Seen:
+    """What the operator's watches last saw of its Jobs and their pods (kopf indexes).
+
+    A Job found here saves a GET; absence proves nothing (a watch may lag), so it is checked.
+    """
+
+    job: Callable[[str, str], "Mapping[str, Any] | None"] = lambda namespace, name: None
+    pods: Callable[[str, str], "list[Mapping[str, Any]]"] = lambda namespace, job: []
+
+
+def reconcile(res: Resource, ctx: Context, *, seen: Seen | None = None) -> Outcome:
+    """Bring one DatasetPrep one step closer to its spec; see the module docstring.
+
+    Args:
+        res: the resource as the handler received it.
+        ctx: API access, settings, metrics and the clock.
+        seen: the watched Jobs and pods, by ``(namespace, name)`` and ``(namespace, job name)``.
+    """
+    with ctx.locks(res.uid):
+        outcome = _reconcile(res, ctx, seen or Seen())
+    outcome.status = status_changes(res.status, outcome.status)
+    return outcome
+
+
+def _reconcile(res: Resource, ctx: Context, seen: Seen) -> Outcome:
+    try:
+        spec = parse_spec(dict(res.spec))
+    except ValidationError as exc:
+        message = format_validation_error(exc)
+        return Outcome(
+            status=builders.failed_status(res.status, reason="InvalidSpec", message=message,
+                                          generation=res.generation, now=ctx.now()),
+            error=kopf.PermanentError(f"invalid spec: {message}"),
+        )
+    name = builders.job_name(res.name, builders.spec_hash(spec))
+    status = res.status
+    if status.get("jobName") == name and status.get("phase") in ("Succeeded", "Failed"):
+        return Outcome(status=builders.observed_status(status, generation=res.generation))
+
+    events: list[Event] = []
+    job = seen.job(res.namespace, name)
+    if job is None:
+        job = _get_job(ctx, res.namespace, name)
+    if job is None:
+        missing = _missing_claims(res, ctx, spec)
+        if missing:
+            message = (f"PersistentVolumeClaim {', '.join(missing)} not found in namespace {res.namespace}; "
+                       f"the Job starts once it exists")
+            fresh = status.get("message") != message
+            return Outcome(
+                status=builders.waiting_status(status, reason="WaitingForClaim", message=message,
+                                               generation=res.generation, now=ctx.now()),
+                events=[Event("Warning", "WaitingForClaim", message)] if fresh else [],
+                error=kopf.TemporaryError(message, delay=CLAIM_RETRY_SECONDS))
+        job, created = _create_job(res, ctx, spec)
+        if created:
+            events.append(Event("Normal", "JobCreated", f"Created Job {name}"))
+        if spec.delete_data_on_delete:
+            events.append(Event("Warning", "DeleteDataUnsupported",
+                                "spec.deleteDataOnDelete is not supported yet: the data will be kept when "
+                                "this DatasetPrep is deleted"))
+    if not _owned_by(job, res.uid):
+        message = f"Job {name} exists and does not belong to this DatasetPrep; delete or rename it"
+        return Outcome(status=builders.failed_status(status, reason="JobConflict", message=message,
+                                                     generation=res.generation, now=ctx.now()),
+                       events=[Event("Warning", "JobConflict", message)], error=kopf.PermanentError(message))
+
+    state = job_state(job)
+    if state == "running":
+        job_status = job.get("status") or {}
+        reports = [r for r in map(builders.pod_progress, seen.pods(res.namespace, name)) if r is not None]
+        progress = builders.aggregate_progress(
+            reports, shards_done=job_status.get("succeeded") or 0, pods_active=job_status.get("active") or 0,
+            shards_total=(job.get("spec") or {}).get("completions") or 1)
+        start = job_status.get("startTime") or (status.get("startTime") if status.get("jobName") == name else None)
+        return Outcome(status=builders.running_status(status, job=name, generation=res.generation, now=ctx.now(),
+                                                      start_time=start, progress=progress), events=events)
+    if state == "failed":
+        return _job_failed(res, ctx, job, name, events)
+    return _job_succeeded(res, ctx, spec, job, name, events)
+
+
+def job_state(job: Mapping[str, Any]) -> str:
+    """``running``, ``succeeded`` or ``failed``, from the Job's terminal conditions."""
+    for cond in (job.get("status") or {}).get("conditions") or ():
+        if cond.get("status") == "True" and cond.get("type") == "Complete":
+            return "succeeded"
+        if cond.get("status") == "True" and cond.get("type") == "Failed":
+            return "failed"
+    return "running"
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    meta = obj.get("metadata") or {}
+    refs = meta.get("ownerReferences") or ()
+    return any(ref.get("uid") == uid for ref in refs) or (meta.get("labels") or {}).get(builders.LABEL_OWNER_UID) == uid
+
+
+def _get_job(ctx: Context, namespace: str, name: str) -> dict[str, Any] | None:
+    with translate_api_errors(f"reading Job {name}"):
+        return ctx.kube.get_job(namespace, name)
+
+
+def _missing_claims(res: Resource, ctx: Context, spec: DatasetPrepSpec) -> list[str]:
+    """Claims the Job would mount that do not exist (a pod would sit Pending with no word why)."""
+    with translate_api_errors("checking the PersistentVolumeClaims"):
+        return [m.claim for m in builders.claim_mounts(spec) if ctx.kube.get_pvc(res.namespace, m.claim) is None]
+
+
+def _create_job(res: Resource, ctx: Context, spec: DatasetPrepSpec) -> tuple[dict[str, Any], bool]:
+    """Create the Job for this spec, after removing unfinished Jobs of older specs.
+
+    Returns:
+        The Job, and whether this call created it (False: a 409 showed someone else was first).
+    """
+    manifest = builders.build_job(spec, parent=res.name, namespace=res.namespace, parent_uid=res.uid,
+                                  config=ctx.config)
+    kopf.adopt(manifest, owner=dict(res.body), nested="spec.template")
+    name = manifest["metadata"]["name"]
+    _delete_superseded_jobs(res, ctx, keep=name, finished_too=False)
+    with translate_api_errors(f"creating Job {name}"):
+        try:
+            job = ctx.kube.create_job(res.namespace, manifest)
+        except Exception as exc:
+            if getattr(exc, "status", None) != 409:
+                raise
+            job = ctx.kube.get_job(res.namespace, name)
+            if job is None:  # deleted between our create and our read: just try again
+                raise kopf.TemporaryError(f"Job {name} vanished after a create conflict", delay=1) from exc
+            return job, False  # someone (another replica, a retry) was first: the caller checks whose
+    ctx.metrics.run_started()
+    return job, True
+
+
+def _delete_superseded_jobs(res: Resource, ctx: Context, *, keep: str, finished_too: bool) -> None:
+    """Delete this resource's Jobs for older specs: unfinished ones, or all of them once switched over."""
+    with translate_api_errors("listing older Jobs"):
+        jobs = ctx.kube.list_jobs(res.namespace, {builders.LABEL_OWNER_UID: res.uid})
+    for job in jobs:
+        name = job["metadata"]["name"]
+        if name == keep or (job_state(job) == "succeeded" and not finished_too):
+            continue
+        with translate_api_errors(f"deleting superseded Job {name}"):
+            ctx.kube.delete_job(res.namespace, name)
+
+
+def _pods(ctx: Context, namespace: str, job: Mapping[str, Any]) -> list[dict[str, Any]]:
+    meta = job["metadata"]
+    with translate_api_errors(f"listing the pods of Job {meta['name']}"):
+        return ctx.kube.list_pods(namespace, {JOB_UID_LABEL: meta["uid"]})
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+        if cs.get("name") == builders.CONTAINER_NAME:
+            return (cs.get("state") or {}).get("terminated") or {}
+    return {}
+
+
+def _finish_key(pod: Mapping[str, Any]) -> str:
+    return _terminated(pod).get("finishedAt") or (pod.get("metadata") or {}).get("creationTimestamp") or ""
+
+
+def _job_failed(res: Resource, ctx: Context, job: Mapping[str, Any], name: str, events: list[Event]) -> Outcome:
+    """The Job gave up: report the job's own error message (termination message, else log tail)."""
+    pods = [p for p in _pods(ctx, res.namespace, job) if (p.get("status") or {}).get("phase") == "Failed"]
+    error = None
+    if pods:
+        pod = max(pods, key=_finish_key)
+        message = _terminated(pod).get("message")
+        fallback = None
+        if not (message or "").strip():
+            fallback = ctx.kube.pod_log_tail(res.namespace, pod["metadata"]["name"], ctx.config.log_tail_lines)
+        error = builders.parse_termination_message(message, fallback=fallback).error
+    if not error:
+        conds = [c for c in (job.get("status") or {}).get("conditions") or () if c.get("type") == "Failed"]
+        error = "; ".join(filter(None, [conds[0].get("reason"), conds[0].get("message")])) if conds else None
+    message = f"Job {name} failed: {error or 'no reason given'}"
+    ctx.metrics.run_failed()
+    return Outcome(
+        status=builders.failed_status(res.status, reason="JobFailed", message=message,
+                                      generation=res.generation, now=ctx.now(), job=name),
+        events=events + [Event("Warning", "JobFailed", message)],
+    )
+
+
+def _job_succeeded(res: Resource, ctx: Context, spec: DatasetPrepSpec, job: Mapping[str, Any], name: str,
+                   events: list[Event]) -> Outcome:
+    """The Job completed: read its report, publish the training ConfigMap, then declare Ready."""
+    pods = [p for p in _pods(ctx, res.namespace, job) if (p.get("status") or {}).get("phase") == "Succeeded"]
+    if not pods:
+        # The Job says Complete but its pods are gone (deleted by hand, or pod GC): the result is lost.
+        result = builders.JobResult(ok=False, error="its pods are gone, so its result cannot be read")
+    else:
+        result = builders.parse_termination_message(_terminated(max(pods, key=_finish_key)).get("message"))
+    if not result.ok:
+        message = f"Job {name} completed but its result is unusable: {result.error}"
+        ctx.metrics.run_failed()
+        return Outcome(status=builders.failed_status(res.status, reason="ResultUnreadable", message=message,
+                                                     generation=res.generation, now=ctx.now(), job=name),
+                       events=events + [Event("Warning", "ResultUnreadable", message)])
+
+    cm_name = builders.config_map_name(res.name, spec)
+    conflict = _publish_config_map(res, ctx, cm_name, builders.training_config_data(spec, result))
+    if conflict:
+        return Outcome(status=builders.failed_status(res.status, reason="ConfigMapConflict", message=conflict,
+                                                     generation=res.generation, now=ctx.now(), job=name),
+                       events=events + [Event("Warning", "ConfigMapConflict", conflict)],
+                       error=kopf.PermanentError(conflict))
+    old_cm = res.status.get("configMapName")
+    if old_cm and old_cm != cm_name:
+        _delete_own_config_map(res, ctx, old_cm)
+    _delete_superseded_jobs(res, ctx, keep=name, finished_too=True)
+
+    completion = (job.get("status") or {}).get("completionTime")
+    status = builders.succeeded_status(res.status, spec, result, job=name, config_map=cm_name,
+                                       generation=res.generation, now=ctx.now(), completion_time=completion)
+    ctx.metrics.run_succeeded(status["output"].get("tokens"))
+    events.append(Event("Normal", "Succeeded", f"{status['message']}; ConfigMap {cm_name} written"))
+    return Outcome(status=status, events=events)
+
+
+def _publish_config_map(res: Resource, ctx: Context, name: str, data: Mapping[str, str]) -> str | None:
+    """Create or update the training ConfigMap; returns a message if a foreign one is in the way."""
+    manifest = builders.build_config_map(name, res.namespace, res.uid, data)
+    kopf.adopt(manifest, owner=dict(res.body))
+    with translate_api_errors(f"writing ConfigMap {name}"):
+        existing = ctx.kube.get_config_map(res.namespace, name)
+        if existing is None:
+            ctx.kube.create_config_map(res.namespace, manifest)
+            return None
+        if not _owned_by(existing, res.uid):
+            return f"ConfigMap {name} exists and does not belong to this DatasetPrep; delete it or set " \
+                   f"spec.trainingConfig.configMapName"
+        if existing.get("data") == manifest["data"]:
+            return None
+        manifest["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        ctx.kube.replace_config_map(res.namespace, manifest)
+    return None
+
+
+def _delete_own_config_map(res: Resource, ctx: Context, name: str) -> None:
+    with translate_api_errors(f"deleting the previous ConfigMap {name}"):
+        existing = ctx.kube.get_config_map(res.namespace, name)
+        if existing is not None and _owned_by(existing, res.uid):
+            ctx.kube.delete_config_map(res.namespace, name)
+
+
+def status_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch turning ``current`` into ``desired`` for the keys ``desired`` names.
+
+    Objects are diffed key by key (a key that disappeared becomes None, which deletes it); lists and
+    scalars are replaced whole. An empty result means nothing to write.
+    """
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        old = current.get(key)
+        if value is None:
+            if old is not None:
+                patch[key] = None
+        elif isinstance(value, Mapping) and isinstance(old, Mapping):
+            sub = status_changes(old, value)
+            sub.update({k: None for k, v in old.items() if k not in value and v is not None})
+            if sub:
+                patch[key] = sub
+        elif old != value:
+            patch[key] = value
+    return patch
