@@ -640,7 +640,4 @@ def test_operator_cli_accepts_the_peering_args(render):
     c = render({"replicaCount": 2}).one("Deployment")["spec"]["template"]["spec"]["containers"][0]
     argv = c["args"] + ["--priority=123"]  # what the shell wrapper appends
     problem = _cli_accepts(argv)
-    if problem and "--priority" in problem:
-        pytest.xfail("`datasetprep operator` has no --priority yet: with replicaCount > 1 every replica "
-                     "would have kopf priority 0, and kopf pauses all peers of equal priority")
     assert problem is None, problem
