@@ -335,6 +335,25 @@ def _alive(holder: str) -> bool:
         return False
 
 
+def order_mounts(mounts: list[tuple[str, str, bool]]) -> list[tuple[str, str, bool]]:
+    """Order bind mounts so that none hides the source of a later one (e.g. an emptyDir at /tmp
+    when the state dir, and so a termination file or hostPath source, lives under /tmp); otherwise
+    parents before children."""
+    def under(p: str, d: str) -> bool:
+        return p == d or p.startswith(d.rstrip("/") + "/")
+
+    remaining = sorted(mounts, key=lambda t: t[1].count("/"))
+    ordered = []
+    while remaining:
+        for i, m in enumerate(remaining):
+            if not any(under(o[0], m[1]) for o in remaining if o is not m):
+                ordered.append(remaining.pop(i))
+                break
+        else:  # a cycle: keep the depth order
+            ordered.append(remaining.pop(0))
+    return ordered
+
+
 def probe_mount_namespace(tmp: Path) -> tuple[bool, str]:
     if os.environ.get("DATASETPREP_TESTBED_MOUNTNS", "").lower() in ("0", "false", "no", "off"):
         return False, "disabled by DATASETPREP_TESTBED_MOUNTNS"
@@ -862,7 +881,7 @@ class PodWorker(threading.Thread):
         if err is None:
             if self.runner.mountns:
                 term_dst = os.path.normpath(term_path)
-                mounts = mounts + [(str(c.term_file), term_dst, False)]
+                mounts = order_mounts(mounts + [(str(c.term_file), term_dst, False)])
                 lines = []
                 for src, dst, ro in mounts:
                     is_file = os.path.isfile(src)
