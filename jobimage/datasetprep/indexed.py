@@ -84,6 +84,7 @@ class PartWriter:
         self.base = os.fspath(base)
         self.dtype = np.dtype(dtype)
         self._bin = open(self.base + ".bin", "wb", buffering=1 << 20)
+        self._bin_hash = hashlib.sha256()
         self._len = open(self.base + ".len", "wb", buffering=1 << 16)
         self._doc = open(self.base + ".doc", "wb", buffering=1 << 16)
         self._lens: list[int] = []
@@ -98,7 +99,9 @@ class PartWriter:
         n_tok = 0
         for seq in sequences:
             n = int(seq.shape[0])
-            self._bin.write(seq.astype(self.dtype, copy=False).tobytes())
+            data = seq.astype(self.dtype, copy=False).tobytes()
+            self._bin_hash.update(data)
+            self._bin.write(data)
             self._lens.append(n)
             n_tok += n
         self._docs.append(len(sequences))
@@ -113,7 +116,9 @@ class PartWriter:
     def add_packed(self, tokens: np.ndarray, seq_lens: np.ndarray, docs: np.ndarray) -> None:
         """Add many documents at once: ``tokens`` back to back, ``seq_lens`` per sequence (all > 0)
         and ``docs`` the number of sequences of each document."""
-        self._bin.write(tokens.astype(self.dtype, copy=False).tobytes())
+        data = tokens.astype(self.dtype, copy=False).tobytes()
+        self._bin_hash.update(data)
+        self._bin.write(data)
         self._flush_index()
         self._len.write(np.asarray(seq_lens, dtype="<i4").tobytes())
         self._doc.write(np.asarray(docs, dtype="<i4").tobytes())
@@ -130,12 +135,17 @@ class PartWriter:
             self._docs.clear()
 
     def close(self) -> "PartInfo":
+        """Finish the part.  No fsync: parts are scratch data, and every part is verified against
+        the sizes and sha256 recorded here before a later run trusts it (see pipeline)."""
         self._flush_index()
         for f in (self._bin, self._len, self._doc):
-            f.flush()
-            os.fsync(f.fileno())
             f.close()
-        return PartInfo(self.base, self.documents, self.sequences, self.tokens, self.max_document_tokens)
+        digests = {".bin": (os.path.getsize(self.base + ".bin"), self._bin_hash.hexdigest())}
+        for ext in (".len", ".doc"):
+            with open(self.base + ext, "rb") as f:
+                data = f.read()
+            digests[ext] = (len(data), hashlib.sha256(data).hexdigest())
+        return PartInfo(self.base, self.documents, self.sequences, self.tokens, self.max_document_tokens, digests)
 
     def abort(self) -> None:
         for f in (self._bin, self._len, self._doc):
@@ -154,6 +164,7 @@ class PartInfo:
     sequences: int
     tokens: int
     max_document_tokens: int = 0
+    digests: dict | None = None  # ext -> (size, sha256), computed while writing
 
     @property
     def bin_file(self) -> str:

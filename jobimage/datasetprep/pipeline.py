@@ -529,8 +529,7 @@ def _mark_done(part_dir: str, result: dict) -> None:
     i = result["index"]
     doc = {"index": i, "documents": result["documents"], "bytes": result["bytes"], "parts": []}
     for p in result["parts"]:
-        files = {ext: {"size": os.path.getsize(p.base + ext), "sha256": _part_sha(p.base + ext)}
-                 for ext in (".bin", ".len", ".doc")}
+        files = {ext: {"size": size, "sha256": sha} for ext, (size, sha) in p.digests.items()}
         doc["parts"].append({"base": os.path.basename(p.base), "documents": p.documents, "sequences": p.sequences,
                              "tokens": p.tokens, "max_document_tokens": p.max_document_tokens, "files": files})
     tmp = os.path.join(part_dir, f"{i:08d}.done.tmp")

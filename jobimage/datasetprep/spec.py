@@ -367,6 +367,17 @@ class Condition(_Model):
     last_transition_time: str | None = Field(default=None, description="When the status last changed.")
 
 
+class OutputTokenizerStatus(_Model):
+    """The tokenizer the published dataset was made with, as the job reported it."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    type: str | None = Field(default=None, description="Tokenizer type (`sentencepiece`, `huggingface`, ...).")
+    path: str | None = Field(default=None, description="The tokenizer file as the training pods see it.")
+    vocab_size: int | None = Field(default=None, description="Vocabulary size.")
+    eod_id: int | None = Field(default=None, description="End-of-document token id.")
+
+
 class OutputStatus(_Model):
     """Facts about the published dataset, copied from the job's manifest."""
 
@@ -383,6 +394,12 @@ class OutputStatus(_Model):
     )
     fingerprint: str | None = Field(default=None, description="Content fingerprint of the work.")
     reused: bool | None = Field(default=None, description="True when an earlier identical output was reused.")
+    reused_from: str | None = Field(
+        default=None,
+        description="The DatasetPrep (same namespace) whose output this one points at, when `spec.reuse: "
+        "IfIdentical` found an identical Ready one and no Job was launched.",
+    )
+    tokenizer: OutputTokenizerStatus | None = Field(default=None, description="The tokenizer it was made with.")
 
 
 class ProgressStatus(_Model):
@@ -419,6 +436,11 @@ class DatasetPrepStatus(_Model):
     completion_time: str | None = Field(default=None, description="When it completed.")
     resolved_revision: str | None = Field(default=None, description="Commit sha the Hub revision resolved to.")
     output: OutputStatus | None = Field(default=None, description="The published dataset.")
+    reuse_key: str | None = Field(
+        default=None,
+        description="Content address of the current spec's output (source, text keys, tokenizer, EOD setting, "
+        "output claim, format version): DatasetPreps with equal keys produce identical data.",
+    )
     progress: ProgressStatus | None = Field(default=None, description="Live progress.")
 
 
