@@ -15,17 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_binarize import tree_rss  # noqa: E402
+from bench_binarize import run_ours as timed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "jobimage"))
@@ -49,28 +47,6 @@ def make_shard(prefix: Path, nbytes: int, seed: int) -> None:
     indexed.assemble([info], os.fspath(prefix) + "_ds", np.dtype(np.uint16))
     for ext in (".bin", ".len", ".doc"):
         os.unlink(os.fspath(prefix) + ext)
-
-
-def timed(cmd: list[str]) -> tuple[float, int]:
-    peak = 0
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stop = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, tree_rss(p.pid))
-            time.sleep(0.02)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    _, err = p.communicate()
-    stop.set()
-    th.join()
-    if p.returncode:
-        raise SystemExit(err)
-    return time.perf_counter() - t0, peak
 
 
 def copy_files(srcs: list[Path], dst: Path) -> float:

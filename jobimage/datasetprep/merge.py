@@ -1,7 +1,6 @@
 """Merge indexed datasets (Megatron-LM's ``tools/merge_datasets.py``), streaming, atomically."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -69,7 +68,3 @@ def merge(inputs: list[str], output_prefix: str, overwrite: bool = False) -> dic
     info["seconds"] = round(time.time() - t0, 3)
     info.pop("max_document_tokens", None)
     return info
-
-
-def main_print(info: dict) -> None:  # pragma: no cover - CLI helper
-    print(json.dumps(info, indent=2))

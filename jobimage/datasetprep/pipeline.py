@@ -223,16 +223,17 @@ def _tokenize(index: int, batches, part_dir: str, locate, size: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _hash_files(files: list[Path], out: dict) -> None:
+def files_digest(files: list[Path]) -> str:
+    """One sha256 over (name, size, sha256) of each file, in order: the input fingerprint."""
     h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.name}\0{p.stat().st_size}\0{tokenization.file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+def _hash_files(files: list[Path], out: dict) -> None:
     try:
-        for p in files:
-            fh = hashlib.sha256()
-            with open(p, "rb") as f:
-                for blk in iter(lambda: f.read(4 << 20), b""):
-                    fh.update(blk)
-            h.update(f"{p.name}\0{p.stat().st_size}\0{fh.hexdigest()}\n".encode())
-        out["sha256"] = h.hexdigest()
+        out["sha256"] = files_digest(files)
     except OSError as e:  # reported by the workers with context; keep the hash optional
         out["error"] = str(e)
 
@@ -516,14 +517,6 @@ def _remove_stale_work_dirs(req: Request, keep: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _part_sha(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for blk in iter(lambda: f.read(4 << 20), b""):
-            h.update(blk)
-    return h.hexdigest()
-
-
 def _mark_done(part_dir: str, result: dict) -> None:
     """Record a finished chunk (atomically), with sizes and sha256 of its part files."""
     i = result["index"]
@@ -549,7 +542,7 @@ def _load_done(part_dir: str, i: int, nkeys: int) -> dict | None:
         for p in doc["parts"]:
             base = os.path.join(part_dir, p["base"])
             for ext, meta in p["files"].items():
-                if os.path.getsize(base + ext) != meta["size"] or _part_sha(base + ext) != meta["sha256"]:
+                if os.path.getsize(base + ext) != meta["size"] or tokenization.file_sha256(base + ext) != meta["sha256"]:
                     return None
             parts.append(indexed.PartInfo(base, p["documents"], p["sequences"], p["tokens"], p["max_document_tokens"]))
         if len(parts) != nkeys:

@@ -34,8 +34,9 @@ class PlainProgress:
     def __call__(self, stats: dict) -> None:
         now = time.monotonic()
         done = stats["chunks_done"] == stats["chunks_total"]
-        if now - self.last >= self.interval or done:
-            self.last = now
+        key = (stats["chunks_done"], stats["documents"])
+        if (now - self.last >= self.interval or done) and key != getattr(self, "_key", None):
+            self.last, self._key = now, key
             print(f"progress: {describe(stats)}", file=self.stream, flush=True)
 
     def close(self) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -512,7 +511,3 @@ def _read_arrow(chunk: Chunk, keys) -> Iterator[tuple[list, int]]:
 
 def file_bytes(chunks: list[Chunk]) -> int:
     return sum(c.size for c in chunks)
-
-
-def read_text_io(path: str) -> io.TextIOBase:  # pragma: no cover - helper for tools
-    return open(path, encoding="utf-8")

@@ -30,17 +30,6 @@ def _volume(volumes: dict[str, Path], claim: str | None, default: str, what: str
     return Path(volumes[name])
 
 
-def _file_digest(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        fh = hashlib.sha256()
-        with open(p, "rb") as f:
-            for blk in iter(lambda: f.read(4 << 20), b""):
-                fh.update(blk)
-        h.update(f"{p.name}\0{p.stat().st_size}\0{fh.hexdigest()}\n".encode())
-    return h.hexdigest()
-
-
 def work_fingerprint(source_identity: dict, tok_cfg: tokenization.TokenizerConfig, spec: DatasetPrepSpec) -> str:
     """The content address of a run: same fingerprint ⇒ same bytes."""
     doc = {
@@ -80,7 +69,7 @@ def resolve_inputs(spec: DatasetPrepSpec, volumes: dict[str, Path], token: str |
     if s.files is not None:
         root = _volume(volumes, s.files.claim_name, spec.output.claim_name, "source.files")
         files = readers.expand_inputs(s.files.paths, root)
-        return files, {"files": [os.path.relpath(p, root) for p in files], "sha256": _file_digest(files)}
+        return files, {"files": [os.path.relpath(p, root) for p in files], "sha256": pipeline.files_digest(files)}
     from . import hub
 
     resolved = hub.resolve_dataset(s.hub, token, cache_dir=out_root / STATE_DIR / "hub-cache")

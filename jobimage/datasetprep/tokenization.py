@@ -150,7 +150,8 @@ _WHAT = {
 }
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for blk in iter(lambda: f.read(1 << 20), b""):
@@ -181,7 +182,7 @@ class TokenizerConfig:
             for f in files:
                 if p.is_dir() and f.name not in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
                     continue
-                h.update(f.name.encode() + b"\0" + _file_sha256(f).encode())
+                h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
         return h.hexdigest()
 
 
