@@ -13,7 +13,10 @@ import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from datasetprep.spec import DatasetPrepSpec
+from pydantic import ValidationError
+
+from datasetprep.pipeline import FORMAT_VERSION
+from datasetprep.spec import DatasetPrepSpec, parse_spec
 
 from datasetprep_operator.config import OperatorConfig
 
@@ -28,6 +31,8 @@ MANAGED_BY = "datasetprep-operator"
 
 CONTAINER_NAME = "datasetprep"
 JOB_COMMAND = ["datasetprep", "job"]
+MERGE_COMMAND = ["datasetprep", "job", "--merge"]
+MERGE_SUFFIX = "-merge"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 RUN_AS_ID = 65532
 CLAIMS_ROOT = "/mnt/claims"
@@ -35,6 +40,7 @@ TMP_DIR = "/tmp"
 HF_HOME = "/tmp/hf"
 MAX_NAME = 63
 HASH_LEN = 8
+REUSE_KEY_LEN = 32
 MAX_MESSAGE = 1024
 
 # Spec fields that do not change what the Job does, so changing them does not start a new run.
@@ -70,6 +76,54 @@ def job_name(parent: str, digest: str) -> str:
     """``<parent>-<digest>``, the parent part cut so the whole fits a 63-character label value."""
     head = parent[: MAX_NAME - len(digest) - 1].rstrip("-.")
     return f"{head}-{digest}"
+
+
+def merge_job_name(parent: str, digest: str) -> str:
+    """``<parent>-<digest>-merge``: the second stage of a sharded run, the digest kept whole."""
+    return job_name(parent, digest + MERGE_SUFFIX)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunJobs:
+    """The Jobs of one run: ``main`` (the only one, or the Indexed shard Job) and ``merge`` (sharded only)."""
+
+    main: str
+    merge: str | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.main,) if self.merge is None else (self.main, self.merge)
+
+    @classmethod
+    def for_spec(cls, parent: str, spec: DatasetPrepSpec) -> "RunJobs":
+        digest = spec_hash(spec)
+        return cls(job_name(parent, digest), merge_job_name(parent, digest) if spec.shards > 1 else None)
+
+
+def reuse_key(spec: DatasetPrepSpec) -> str:
+    """Content address of what a spec produces: equal keys mean byte-identical data on the same claim.
+
+    It covers the source (Hub repo, revision, subset, split and data files; or the files' claim and
+    paths), the text keys, the tokenizer spec, ``appendEod``, the output claim and the engine's format
+    version -- not the output prefix, the mount path, workers, shards or resources, which change where
+    or how fast, not what. A Hub revision is taken as written (a branch is not resolved here) and files
+    on a volume are trusted not to have changed; ``spec.reuse: Never`` opts out.
+    """
+    out_claim = spec.output.claim_name
+    src = spec.source
+    source: dict[str, Any] = {}  # exactly one of the two (the spec model checks)
+    if src.hub is not None:
+        source = {"hub": {"repo": src.hub.repo, "revision": src.hub.revision, "subset": src.hub.subset,
+                          "split": src.hub.split, "dataFiles": src.hub.data_files}}
+    if src.files is not None:
+        source = {"files": {"claimName": src.files.claim_name or out_claim, "paths": list(src.files.paths)}}
+    tok = spec.tokenizer.model_dump(by_alias=True, mode="json")
+    if spec.tokenizer.path is not None:
+        tok["path"]["claimName"] = spec.tokenizer.path.claim_name or out_claim
+    doc = {"formatVersion": FORMAT_VERSION, "source": source, "textKeys": list(src.text_keys), "tokenizer": tok,
+           "appendEod": spec.append_eod, "claimName": out_claim}
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:REUSE_KEY_LEN]
 
 
 def config_map_name(parent: str, spec: DatasetPrepSpec) -> str:
@@ -115,8 +169,13 @@ def child_labels(parent_uid: str, digest: str | None = None) -> dict[str, str]:
     return labels
 
 
-def job_env(spec: DatasetPrepSpec, *, parent: str, namespace: str) -> list[dict[str, Any]]:
-    """The job container's environment (the contract with ``datasetprep job``)."""
+def job_env(spec: DatasetPrepSpec, *, parent: str, namespace: str,
+            extra: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+    """The job container's environment (the contract with ``datasetprep job``), then ``extra``.
+
+    ``extra`` (the operator's ``DATASETPREP_JOB_ENV``) adds plain variables; one named like a default
+    that is not part of the contract (``HF_HOME``) replaces it.
+    """
     volumes = {m.claim: m.mount_path for m in claim_mounts(spec)}
     env: list[dict[str, Any]] = [
         {"name": "DATASETPREP_SPEC", "value": compact_json(spec.to_wire())},
@@ -130,7 +189,8 @@ def job_env(spec: DatasetPrepSpec, *, parent: str, namespace: str) -> list[dict[
     if spec.hf_token_secret_ref is not None:
         ref = spec.hf_token_secret_ref
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-    return env
+    names = {name for name, _ in extra}
+    return [e for e in env if e["name"] not in names] + [{"name": n, "value": v} for n, v in extra]
 
 
 def restricted_security_context() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -160,6 +220,7 @@ def build_job(
     parent_uid: str,
     config: OperatorConfig,
     indexed: bool = False,
+    merge: bool = False,
 ) -> dict[str, Any]:
     """The Job that runs ``datasetprep job`` for one spec version.
 
@@ -168,24 +229,29 @@ def build_job(
         parent: name of the DatasetPrep (the Job is ``<parent>-<spec hash>``).
         namespace: its namespace.
         parent_uid: its uid, for the labels that find the children again.
-        config: operator settings (default image, service account, pull policy).
-        indexed: build an Indexed Job with ``spec.shards`` completions. Off until the job
-            entrypoint shards its input; until then one pod does all the work.
+        config: operator settings (default image, service account, pull policy, extra env).
+        indexed: stage 1 of a sharded run: an Indexed Job with ``spec.shards`` completions, each
+            pod tokenizing one slice (``JOB_COMPLETION_INDEX``), ``spec.backoffLimit`` retries per
+            index and no failed index tolerated.
+        merge: stage 2 of a sharded run: one pod running ``datasetprep job --merge``, which checks
+            every shard's chunks and assembles and publishes the output (``<parent>-<hash>-merge``).
 
     Returns:
         The manifest, without owner references (the caller adopts it).
     """
+    if indexed and merge:
+        raise ValueError("a Job is either the shards' (indexed) or the merge")
     digest = spec_hash(spec)
-    name = job_name(parent, digest)
-    labels = child_labels(parent_uid, digest) | {LABEL_COMPONENT: "job"}
+    name = merge_job_name(parent, digest) if merge else job_name(parent, digest)
+    labels = child_labels(parent_uid, digest) | {LABEL_COMPONENT: "merge" if merge else "job"}
     pod_sc, container_sc = restricted_security_context()
     mounts = claim_mounts(spec)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or config.job_image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": list(JOB_COMMAND),
-        "env": job_env(spec, parent=parent, namespace=namespace),
+        "command": list(MERGE_COMMAND if merge else JOB_COMMAND),
+        "env": job_env(spec, parent=parent, namespace=namespace, extra=config.job_env),
         "securityContext": container_sc,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -219,6 +285,7 @@ def build_job(
             "completions": spec.shards,
             "parallelism": spec.parallelism or spec.shards,
             "backoffLimitPerIndex": spec.backoff_limit,
+            "maxFailedIndexes": 0,  # one shard out of retries fails the run at once: its output is needed
         })
         del job_spec["backoffLimit"]  # with per-index limits the global one only caps total failures
     return {
@@ -441,8 +508,12 @@ def build_config_map(name: str, namespace: str, parent_uid: str, data: Mapping[s
 # --------------------------------------------------------------------------- status
 
 
-def output_status(spec: DatasetPrepSpec, result: JobResult) -> dict[str, Any]:
-    """``status.output`` for a successful run (camelCase, as stored)."""
+def output_status(spec: DatasetPrepSpec, result: JobResult, *, reused_from: str | None = None) -> dict[str, Any]:
+    """``status.output`` for a successful run (camelCase, as stored).
+
+    Args:
+        reused_from: the DatasetPrep whose output this is, when no Job ran (``spec.reuse``).
+    """
     first = result.outputs[0]
     files = []
     for f in result.outputs:
@@ -460,8 +531,70 @@ def output_status(spec: DatasetPrepSpec, result: JobResult) -> dict[str, Any]:
         "files": files,
         "fingerprint": result.fingerprint,
         "reused": result.reused,
+        "reusedFrom": reused_from,
+        "tokenizer": _drop_none({"type": result.tokenizer_type, "vocabSize": result.vocab_size,
+                                 "eodId": result.eod_id,
+                                 "path": pod_path(spec, result.tokenizer_path) if result.tokenizer_path else None})
+        or None,
     }
-    return {k: v for k, v in out.items() if v is not None}
+    return _drop_none(out)
+
+
+def _drop_none(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def reusable_key(body: Mapping[str, Any]) -> str | None:
+    """The reuse key of a DatasetPrep whose output others may point at, else None.
+
+    That is one that is Ready for its current generation (``Succeeded``, conditions and
+    ``observedGeneration`` current) and recorded its key with an output the training ConfigMap
+    can be rebuilt from (files and tokenizer facts, which older operator versions did not record).
+    """
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    output = status.get("output") or {}
+    generation = meta.get("generation")
+    if status.get("phase") != "Succeeded" or status.get("observedGeneration") != generation:
+        return None
+    ready = [c for c in status.get("conditions") or () if c.get("type") == "Ready"]
+    if not ready or ready[0].get("status") != "True" or ready[0].get("observedGeneration") != generation:
+        return None
+    if not (output.get("files") and output.get("tokenizer") and output.get("prefix")):
+        return None
+    key = status.get("reuseKey")
+    return key if isinstance(key, str) and key else None
+
+
+def reused_result(source: Mapping[str, Any]) -> JobResult | None:
+    """What the job of a Ready DatasetPrep reported, rebuilt from its status (for reusing its output).
+
+    Paths in ``status.output`` are as that resource's training pods mount the claim; they are turned
+    back into paths on the volume, so the reusing resource's own ``output.mountPath`` applies to them.
+    None when the status is not complete enough to point at.
+    """
+    try:
+        spec = parse_spec(dict(source.get("spec") or {}))
+        status = source.get("status") or {}
+        output = status["output"]
+        mount = spec.output.mount_path
+
+        def on_volume(path: str) -> str:
+            return posixpath.relpath(path, mount)
+
+        files = tuple(OutputFile(
+            key=f["key"], prefix=on_volume(f["prefix"]), documents=_int(f.get("documents")),
+            sequences=_int(f.get("sequences")), tokens=_int(f.get("tokens")), dtype=_str(f.get("dtype")),
+            bin_sha256=_str(f.get("binSha256")), idx_sha256=_str(f.get("idxSha256"))) for f in output["files"])
+        tok = output.get("tokenizer") or {}
+        return JobResult(
+            ok=True, outputs=files, tokenizer_type=_str(tok.get("type")),
+            tokenizer_path=on_volume(tok["path"]) if _str(tok.get("path")) else None,
+            vocab_size=_int(tok.get("vocabSize")), eod_id=_int(tok.get("eodId")),
+            fingerprint=_str(output.get("fingerprint")), resolved_revision=_str(status.get("resolvedRevision")),
+            reused=True)
+    except (ValidationError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _sum(values: Iterable[int | None]) -> int | None:
@@ -540,15 +673,23 @@ def pod_progress(pod: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def aggregate_progress(reports: Iterable[Mapping[str, Any]], *, shards_done: int, shards_total: int,
                        pods_active: int) -> dict[str, Any]:
-    """``status.progress`` from the job pods' own reports (latest per shard) and the Job's counts."""
+    """``status.progress`` from the job pods' own reports (latest per shard) and the Job's counts.
+
+    A shard restarted after a failure reports again under the same index; its newest report wins,
+    and it counts the chunks its predecessor finished as done. Shards that have not reported yet
+    (``parallelism`` < ``shards``, or pods still starting) are assumed as big as the average reported
+    one: the plan cuts the input into slices of equal chunk counts.
+    """
     latest: dict[Any, Mapping[str, Any]] = {}
     for doc in reports:
         key = doc.get("shard")
-        if key not in latest or (doc.get("time") or 0) >= (latest[key].get("time") or 0):
+        if key not in latest or (_num(doc.get("time")) or 0) >= (_num(latest[key].get("time")) or 0):
             latest[key] = doc
     progress: dict[str, Any] = {"shardsDone": shards_done, "shardsTotal": shards_total}
     total = sum(_int(d.get("bytesTotal")) or 0 for d in latest.values())
     done = sum(_int(d.get("bytesDone")) or 0 for d in latest.values())
+    if total > 0 and shards_total > 1 and len(latest) < shards_total:
+        total += (shards_total - len(latest)) * total // len(latest)
     if total > 0:
         percent = min(100, (100 * done) // total)
         tokens = sum(_int(d.get("tokens")) or 0 for d in latest.values())
@@ -567,6 +708,22 @@ def aggregate_progress(reports: Iterable[Mapping[str, Any]], *, shards_done: int
     return progress
 
 
+def count_indexes(completed: str | None) -> int:
+    """How many indexes an Indexed Job's ``status.completedIndexes`` (e.g. ``"0,2-4"``) names."""
+    count = 0
+    for part in (completed or "").split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            count += int(last or first) - int(first) + 1 if first else 0
+        except ValueError:
+            continue
+    return count
+
+
+def _num(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def running_status(
     current: Mapping[str, Any],
     *,
@@ -575,10 +732,11 @@ def running_status(
     now: str,
     start_time: str | None,
     progress: Mapping[str, Any] | None = None,
+    message: str | None = None,
 ) -> dict[str, Any]:
     """Status while the Job for the current generation runs (the published output stays as it was)."""
     previous = current.get("output")
-    message = f"Job {job} is running"
+    message = message or f"Job {job} is running"
     if previous and previous.get("prefix"):
         message += f"; the training ConfigMap still points at {previous['prefix']}"
     return {
@@ -613,14 +771,25 @@ def succeeded_status(
     spec: DatasetPrepSpec,
     result: JobResult,
     *,
-    job: str,
+    job: str | None,
     config_map: str,
     generation: int | None,
     now: str,
     completion_time: str | None,
+    reused_from: str | None = None,
 ) -> dict[str, Any]:
-    """Status once the output is complete and the training ConfigMap written."""
+    """Status once the output is complete and the training ConfigMap written.
+
+    Args:
+        job: the Job whose pod reported ``result`` (None when no Job ran).
+        reused_from: the DatasetPrep whose identical output this one points at instead of running a Job
+            (``spec.reuse: IfIdentical``); the Ready reason is then ``Reused``.
+    """
     message = success_message(result)
+    reason = "Succeeded"
+    if reused_from is not None:
+        message = f"Reused the output of DatasetPrep {reused_from} (no Job launched): {message}"
+        reason = "Reused"
     tokens = _sum(f.tokens for f in result.outputs)
     return {
         "phase": "Succeeded",
@@ -630,11 +799,12 @@ def succeeded_status(
         "completionTime": completion_time or now,
         "resolvedRevision": result.resolved_revision,
         "message": message,
-        "output": output_status(spec, result),
-        "progress": {"summary": "100%", "percent": 100, "documents": result.outputs[0].documents,
-                     "tokens": tokens, "shardsDone": spec.shards, "shardsTotal": spec.shards},
+        "output": output_status(spec, result, reused_from=reused_from),
+        "progress": {"summary": "reused" if reused_from is not None else "100%", "percent": 100,
+                     "documents": result.outputs[0].documents, "tokens": tokens,
+                     "shardsDone": spec.shards, "shardsTotal": spec.shards},
         "conditions": set_conditions(current.get("conditions"), ready=True, reconciling=False, stalled=False,
-                                     reason="Succeeded", message=message, generation=generation, now=now),
+                                     reason=reason, message=message, generation=generation, now=now),
     }
 
 

@@ -9,6 +9,7 @@ metrics port and peering.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -18,6 +19,12 @@ from datasetprep_operator import __version__
 ENV_PREFIX = "DATASETPREP_"
 
 _PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")  # what the API server accepts as an env var name
+#: Job container variables that carry the operator's contract with the job; DATASETPREP_JOB_ENV cannot set them.
+RESERVED_JOB_ENV = frozenset({
+    "DATASETPREP_SPEC", "DATASETPREP_VOLUMES", "DATASETPREP_NAME", "DATASETPREP_NAMESPACE",
+    "DATASETPREP_POD_NAME", "DATASETPREP_POD_NAMESPACE", "HF_TOKEN", "JOB_COMPLETION_INDEX",
+})
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 #: The job image used when neither the DatasetPrep nor the environment names one.
@@ -48,6 +55,15 @@ class OperatorConfig:
     log_tail_lines: int = 20
     """``DATASETPREP_LOG_TAIL_LINES``: lines of a failed pod's log quoted when it left no message."""
 
+    job_env: tuple[tuple[str, str], ...] = ()
+    """``DATASETPREP_JOB_ENV``: a JSON object ``{"NAME": "value", ...}`` of plain environment variables
+    added to every job container, e.g. ``{"HTTPS_PROXY": "http://proxy:3128", "DATASETPREP_CHUNK_MIB": "4"}``
+    (``DATASETPREP_CHUNK_MIB`` sets the work-unit size, i.e. how much a restarted pod may have to redo;
+    default: input/64, clamped to 1-16 MiB). Values are strings (numbers are accepted and written as
+    text). The variables of the job contract (``DATASETPREP_SPEC``, ``DATASETPREP_VOLUMES``, ...,
+    ``HF_TOKEN``, ``JOB_COMPLETION_INDEX``) cannot be set; ``HF_HOME`` can. Secrets do not belong here:
+    the value is copied into every Job manifest."""
+
     def __post_init__(self) -> None:
         if not self.job_image.strip():
             raise ValueError(f"{ENV_PREFIX}JOB_IMAGE must not be empty")
@@ -60,6 +76,13 @@ class OperatorConfig:
             raise ValueError(f"{ENV_PREFIX}METRICS_PORT must be 1-65535, got {self.metrics_port}")
         if self.log_tail_lines < 0:
             raise ValueError(f"{ENV_PREFIX}LOG_TAIL_LINES must not be negative, got {self.log_tail_lines}")
+        for name, value in self.job_env:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{ENV_PREFIX}JOB_ENV: {name!r} is not a valid environment variable name")
+            if name in RESERVED_JOB_ENV:
+                raise ValueError(f"{ENV_PREFIX}JOB_ENV: {name} is set by the operator and cannot be overridden")
+            if not isinstance(value, str):
+                raise ValueError(f"{ENV_PREFIX}JOB_ENV: the value of {name} must be a string")
 
     @property
     def clusterwide(self) -> bool:
@@ -92,6 +115,31 @@ class OperatorConfig:
                     kwargs[field] = kind(value)
                 except ValueError:
                     raise ValueError(f"{ENV_PREFIX}{name} must be a number, got {value!r}") from None
+        if (value := get("JOB_ENV")) is not None:
+            kwargs["job_env"] = parse_job_env(value)
         if kwargs.get("metrics_port") == 0:
             kwargs["metrics_port"] = None
         return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def parse_job_env(text: str) -> tuple[tuple[str, str], ...]:
+    """``DATASETPREP_JOB_ENV``'s JSON object as sorted ``(name, value)`` pairs (names are checked later).
+
+    Raises:
+        ValueError: not a JSON object of strings (or numbers, which are turned into text).
+    """
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}JOB_ENV must be a JSON object, e.g. "
+                         f"'{{\"DATASETPREP_CHUNK_MIB\": \"4\"}}': {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{ENV_PREFIX}JOB_ENV must be a JSON object of name: value, got {type(data).__name__}")
+    pairs = []
+    for name, value in sorted(data.items()):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = json.dumps(value)
+        if not isinstance(value, str):
+            raise ValueError(f"{ENV_PREFIX}JOB_ENV: the value of {name} must be a string, got {json.dumps(value)}")
+        pairs.append((name, value))
+    return tuple(pairs)

@@ -7,8 +7,11 @@ every function only unpacks kopf's kwargs and calls into ``runtime`` (which call
 * ``datasetprep_jobs``/``datasetprep_pods`` -- in-memory indexes of our Jobs and their pods, fed
   by watches: the timer reads Job state and the pods' progress reports from them instead of
   polling the API server.
+* ``datasetprep_outputs`` -- Ready DatasetPreps by reuse key: where ``spec.reuse: IfIdentical`` finds
+  an identical output to point at instead of launching a Job.
 * ``reconcile_datasetprep`` -- on create, on resume (operator start) and on spec change.
-* ``watch_run`` -- every few seconds while a run is unfinished: notices the Job finishing.
+* ``watch_run`` -- every few seconds while a run is unfinished: notices a Job finishing (and starts
+  the merge Job of a sharded run), folds the pods' progress into status.
 * ``datasetprep_phases`` -- an index of DatasetPreps by phase, counted by the metrics.
 """
 from __future__ import annotations
@@ -28,6 +31,11 @@ POLL_SECONDS = 2.0
 @kopf.index(GROUP, VERSION, PLURAL)
 def datasetprep_phases(status: kopf.Status, **_: Any) -> dict[str, None]:
     return {runtime.phase_key(status): None}
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def datasetprep_outputs(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return runtime.reusable_entry(body)
 
 
 @kopf.on.startup()
@@ -56,13 +64,13 @@ def datasetprep_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: 
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def reconcile_datasetprep(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, datasetprep_jobs: kopf.Index,
-                          datasetprep_pods: kopf.Index, **_: Any) -> None:
-    runtime.handle(memo.runtime, body, patch, datasetprep_jobs, datasetprep_pods)
+                          datasetprep_pods: kopf.Index, datasetprep_outputs: kopf.Index, **_: Any) -> None:
+    runtime.handle(memo.runtime, body, patch, datasetprep_jobs, datasetprep_pods, datasetprep_outputs)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=POLL_SECONDS,
             when=lambda status, **_: reconcile.needs_watching(status))
 def watch_run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, datasetprep_jobs: kopf.Index,
-              datasetprep_pods: kopf.Index, **_: Any) -> None:
-    runtime.handle(memo.runtime, body, patch, datasetprep_jobs, datasetprep_pods)
+              datasetprep_pods: kopf.Index, datasetprep_outputs: kopf.Index, **_: Any) -> None:
+    runtime.handle(memo.runtime, body, patch, datasetprep_jobs, datasetprep_pods, datasetprep_outputs)
 

@@ -18,6 +18,8 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from datasetprep.spec import GROUP, PLURAL, VERSION
+
 # HTTP statuses worth retrying: conflicts, throttling, server trouble, and RBAC that an admin may
 # still be rolling out (403) -- the latter slowly.
 _RETRY_FAST = {409, 429, 500, 502, 503, 504}
@@ -61,16 +63,27 @@ def _reason(exc: ApiException) -> str:
 
 
 class Kube:
-    """Jobs, Pods and ConfigMaps in one namespace at a time, as JSON dicts."""
+    """Jobs, Pods, ConfigMaps (and other DatasetPreps) in one namespace at a time, as JSON dicts."""
 
     def __init__(self, api: kubernetes.client.ApiClient) -> None:
         self.api = api
         self.batch = kubernetes.client.BatchV1Api(api)
         self.core = kubernetes.client.CoreV1Api(api)
+        self.custom = kubernetes.client.CustomObjectsApi(api)
 
     @staticmethod
     def _json(response: Any) -> dict[str, Any]:
         return json.loads(response.data)
+
+    def get_datasetprep(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A DatasetPrep (another one than the resource being reconciled), or None if there is none."""
+        try:
+            return self._json(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                                       _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Job, or None if there is none."""

@@ -1,14 +1,20 @@
 """Level-triggered reconciliation of one DatasetPrep.
 
-:func:`reconcile` looks at the resource, its spec and its status, at the Job for the current
-spec and (once that Job is over) at its pods, and returns what the status should become plus
-the events worth posting. Every handler -- create, resume, update and the periodic timer -- calls
-the same function, so it must be safe to run any number of times, from any starting point:
+:func:`reconcile` looks at the resource, its spec and its status, at the Jobs for the current
+spec and (once a Job is over) at its pods, and returns what the status should become plus the
+events worth posting. Every handler -- create, resume, update and the periodic timer -- calls the
+same function, so it must be safe to run any number of times, from any starting point:
 
 * The Job for a spec is named ``<name>-<spec hash>``. If it exists it is adopted, never recreated;
   a 409 on create is read back and checked, never taken on trust.
-* The training ConfigMap is written only after the Job succeeded, from the job's own report.
-* A spec change starts a new Job; the previous output and ConfigMap stay as they are until the new
+* ``spec.shards > 1`` runs in two stages: that Job is an Indexed Job with one pod per shard, and once
+  it is Complete a merge Job ``<name>-<spec hash>-merge`` assembles and publishes the output. Each
+  stage is found by name before anything is created, so a restarted operator picks up either.
+* ``spec.reuse: IfIdentical``: before a run's first Job is created, another Ready DatasetPrep of the
+  namespace with the same reuse key (``builders.reuse_key``) is looked for; if there is one, its
+  output is pointed at and no Job is launched.
+* The training ConfigMap is written only after the run succeeded, from the job's own report.
+* A spec change starts a new run; the previous output and ConfigMap stay as they are until the new
   run succeeds. Unfinished Jobs of older specs are deleted at once, finished ones after the switch.
 * An invalid spec, a failed Job or a foreign object in the way is final for that generation
   (``Stalled``): only a spec change starts over.
@@ -17,9 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import threading
+import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import kopf
@@ -34,6 +42,8 @@ ACTIVE_PHASES = (None, "Pending", "Running")
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 CLAIM_RETRY_SECONDS = 10
+#: Live progress figures (bytes, tokens, rate, ETA) are written at most this often per resource.
+PROGRESS_INTERVAL_SECONDS = 5.0
 
 
 def utcnow() -> str:
@@ -76,6 +86,11 @@ class Context:
     metrics: MetricsSink = dataclasses.field(default_factory=MetricsSink)
     now: Callable[[], str] = utcnow
     locks: "Locks" = dataclasses.field(default_factory=lambda: Locks())
+    clock: Callable[[], float] = time.monotonic
+    """Seconds, for throttling the progress writes."""
+    progress_interval: float = PROGRESS_INTERVAL_SECONDS
+    progress_written: dict[str, float] = dataclasses.field(default_factory=dict)
+    """When live progress figures were last written, by resource uid (running resources only)."""
 
 
 class _Lock:
@@ -151,13 +166,20 @@ def needs_watching(status: Mapping[str, Any]) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Seen:
-    """What the operator's watches last saw of its Jobs and their pods (kopf indexes).
+    """What the operator's watches last saw (kopf indexes).
 
-    A Job found here saves a GET; absence proves nothing (a watch may lag), so it is checked.
+    A Job found here saves a GET; absence proves nothing (a watch may lag), so it is checked. A
+    reusable DatasetPrep found here is read back before it is trusted.
+
+    Attributes:
+        job: our Jobs by ``(namespace, name)``.
+        pods: their pods by ``(namespace, job name)``.
+        reusable: Ready DatasetPreps by ``(namespace, reuse key)``, as ``{"name", "uid", "reusedFrom"}``.
     """
 
     job: Callable[[str, str], "Mapping[str, Any] | None"] = lambda namespace, name: None
     pods: Callable[[str, str], "list[Mapping[str, Any]]"] = lambda namespace, job: []
+    reusable: Callable[[str, str], "list[Mapping[str, Any]]"] = lambda namespace, key: []
 
 
 def reconcile(res: Resource, ctx: Context, *, seen: Seen | None = None) -> Outcome:
@@ -166,10 +188,12 @@ def reconcile(res: Resource, ctx: Context, *, seen: Seen | None = None) -> Outco
     Args:
         res: the resource as the handler received it.
         ctx: API access, settings, metrics and the clock.
-        seen: the watched Jobs and pods, by ``(namespace, name)`` and ``(namespace, job name)``.
+        seen: the watched Jobs, pods and reusable outputs.
     """
     with ctx.locks(res.uid):
         outcome = _reconcile(res, ctx, seen or Seen())
+        if outcome.status.get("phase") != "Running":
+            ctx.progress_written.pop(res.uid, None)
     outcome.status = status_changes(res.status, outcome.status)
     return outcome
 
@@ -184,52 +208,86 @@ def _reconcile(res: Resource, ctx: Context, seen: Seen) -> Outcome:
                                           generation=res.generation, now=ctx.now()),
             error=kopf.PermanentError(f"invalid spec: {message}"),
         )
-    name = builders.job_name(res.name, builders.spec_hash(spec))
+    jobs = builders.RunJobs.for_spec(res.name, spec)
     status = res.status
-    if status.get("jobName") == name and status.get("phase") in ("Succeeded", "Failed"):
+    if status.get("jobName") in jobs.names and status.get("phase") in ("Succeeded", "Failed"):
         return Outcome(status=builders.observed_status(status, generation=res.generation))
+    key = builders.reuse_key(spec)
+    if _reused_for_this_generation(res, key):
+        return Outcome()
+    outcome = _run(res, ctx, seen, spec, jobs, key)
+    outcome.status["reuseKey"] = key
+    return outcome
 
+
+def _reused_for_this_generation(res: Resource, key: str) -> bool:
+    """This generation already points at another resource's output (a spec change looks again)."""
+    status = res.status
+    return (status.get("phase") == "Succeeded" and status.get("observedGeneration") == res.generation
+            and status.get("reuseKey") == key and bool((status.get("output") or {}).get("reusedFrom")))
+
+
+def _run(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs: builders.RunJobs,
+         key: str) -> Outcome:
+    """Find (or start) the current run's Jobs and report on them; or reuse an identical output."""
     events: list[Event] = []
-    job = seen.job(res.namespace, name)
-    if job is None:
-        job = _get_job(ctx, res.namespace, name)
-    if job is None:
+    job = _find_job(res, ctx, seen, jobs.main)
+    merge = _find_job(res, ctx, seen, jobs.merge) if job is None and jobs.merge else None
+    if job is None and merge is None:
+        if spec.reuse == "IfIdentical":
+            found = _reusable_source(res, ctx, seen, key)
+            if found is not None:
+                return _reuse(res, ctx, spec, *found)
         missing = _missing_claims(res, ctx, spec)
         if missing:
             message = (f"PersistentVolumeClaim {', '.join(missing)} not found in namespace {res.namespace}; "
                        f"the Job starts once it exists")
-            fresh = status.get("message") != message
+            fresh = res.status.get("message") != message
             return Outcome(
-                status=builders.waiting_status(status, reason="WaitingForClaim", message=message,
+                status=builders.waiting_status(res.status, reason="WaitingForClaim", message=message,
                                                generation=res.generation, now=ctx.now()),
                 events=[Event("Warning", "WaitingForClaim", message)] if fresh else [],
                 error=kopf.TemporaryError(message, delay=CLAIM_RETRY_SECONDS))
-        job, created = _create_job(res, ctx, spec)
+        manifest = builders.build_job(spec, parent=res.name, namespace=res.namespace, parent_uid=res.uid,
+                                      config=ctx.config, indexed=jobs.merge is not None)
+        job, created = _create_job(res, ctx, manifest, keep=jobs.names, first_stage=True)
         if created:
-            events.append(Event("Normal", "JobCreated", f"Created Job {name}"))
+            what = f"Indexed Job {jobs.main} ({spec.shards} shards)" if jobs.merge else f"Job {jobs.main}"
+            events.append(Event("Normal", "JobCreated", f"Created {what}"))
         if spec.delete_data_on_delete:
             events.append(Event("Warning", "DeleteDataUnsupported",
                                 "spec.deleteDataOnDelete is not supported yet: the data will be kept when "
                                 "this DatasetPrep is deleted"))
-    if not _owned_by(job, res.uid):
-        message = f"Job {name} exists and does not belong to this DatasetPrep; delete or rename it"
-        return Outcome(status=builders.failed_status(status, reason="JobConflict", message=message,
-                                                     generation=res.generation, now=ctx.now()),
-                       events=[Event("Warning", "JobConflict", message)], error=kopf.PermanentError(message))
-
-    state = job_state(job)
+    if job is not None:
+        if not _owned_by(job, res.uid):
+            return _job_conflict(res, ctx, jobs.main, events)
+        state = job_state(job)
+        if state == "running":
+            return _running(res, ctx, seen, spec, jobs, job, shard_job=job, events=events)
+        if state == "failed":
+            return _job_failed(res, ctx, job, jobs.main, events)
+        if jobs.merge is None:
+            return _job_succeeded(res, ctx, spec, job, jobs.main, events, keep=jobs.names)
+        # Every shard is done: stage 2 assembles and publishes.
+        merge = _find_job(res, ctx, seen, jobs.merge)
+        if merge is None:
+            manifest = builders.build_job(spec, parent=res.name, namespace=res.namespace, parent_uid=res.uid,
+                                          config=ctx.config, merge=True)
+            merge, created = _create_job(res, ctx, manifest, keep=jobs.names, first_stage=False)
+            if created:
+                events.append(Event("Normal", "MergeJobCreated",
+                                    f"All {spec.shards} shards of Job {jobs.main} are done; created Job "
+                                    f"{jobs.merge} to assemble and publish the output"))
+    if jobs.merge is None or merge is None:  # unreachable: each path above returned or has the merge Job
+        raise kopf.TemporaryError(f"no Job found or created for {jobs.main}", delay=1)
+    if not _owned_by(merge, res.uid):
+        return _job_conflict(res, ctx, jobs.merge, events)
+    state = job_state(merge)
     if state == "running":
-        job_status = job.get("status") or {}
-        reports = [r for r in map(builders.pod_progress, seen.pods(res.namespace, name)) if r is not None]
-        progress = builders.aggregate_progress(
-            reports, shards_done=job_status.get("succeeded") or 0, pods_active=job_status.get("active") or 0,
-            shards_total=(job.get("spec") or {}).get("completions") or 1)
-        start = job_status.get("startTime") or (status.get("startTime") if status.get("jobName") == name else None)
-        return Outcome(status=builders.running_status(status, job=name, generation=res.generation, now=ctx.now(),
-                                                      start_time=start, progress=progress), events=events)
+        return _running(res, ctx, seen, spec, jobs, merge, shard_job=job, events=events)
     if state == "failed":
-        return _job_failed(res, ctx, job, name, events)
-    return _job_succeeded(res, ctx, spec, job, name, events)
+        return _job_failed(res, ctx, merge, jobs.merge, events)
+    return _job_succeeded(res, ctx, spec, merge, jobs.merge, events, keep=jobs.names)
 
 
 def job_state(job: Mapping[str, Any]) -> str:
@@ -248,9 +306,20 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in refs) or (meta.get("labels") or {}).get(builders.LABEL_OWNER_UID) == uid
 
 
-def _get_job(ctx: Context, namespace: str, name: str) -> dict[str, Any] | None:
-    with translate_api_errors(f"reading Job {name}"):
-        return ctx.kube.get_job(namespace, name)
+def _job_conflict(res: Resource, ctx: Context, name: str, events: list[Event]) -> Outcome:
+    message = f"Job {name} exists and does not belong to this DatasetPrep; delete or rename it"
+    return Outcome(status=builders.failed_status(res.status, reason="JobConflict", message=message,
+                                                 generation=res.generation, now=ctx.now()),
+                   events=events + [Event("Warning", "JobConflict", message)], error=kopf.PermanentError(message))
+
+
+def _find_job(res: Resource, ctx: Context, seen: Seen, name: str) -> Mapping[str, Any] | None:
+    """The Job as the watch last saw it, else as the API server has it (None: there is none)."""
+    job = seen.job(res.namespace, name)
+    if job is None:
+        with translate_api_errors(f"reading Job {name}"):
+            job = ctx.kube.get_job(res.namespace, name)
+    return job
 
 
 def _missing_claims(res: Resource, ctx: Context, spec: DatasetPrepSpec) -> list[str]:
@@ -259,17 +328,17 @@ def _missing_claims(res: Resource, ctx: Context, spec: DatasetPrepSpec) -> list[
         return [m.claim for m in builders.claim_mounts(spec) if ctx.kube.get_pvc(res.namespace, m.claim) is None]
 
 
-def _create_job(res: Resource, ctx: Context, spec: DatasetPrepSpec) -> tuple[dict[str, Any], bool]:
-    """Create the Job for this spec, after removing unfinished Jobs of older specs.
+def _create_job(res: Resource, ctx: Context, manifest: dict[str, Any], *, keep: Collection[str],
+                first_stage: bool) -> tuple[Mapping[str, Any], bool]:
+    """Create one of the run's Jobs; for its first, remove unfinished Jobs of older specs beforehand.
 
     Returns:
         The Job, and whether this call created it (False: a 409 showed someone else was first).
     """
-    manifest = builders.build_job(spec, parent=res.name, namespace=res.namespace, parent_uid=res.uid,
-                                  config=ctx.config)
     kopf.adopt(manifest, owner=dict(res.body), nested="spec.template")
     name = manifest["metadata"]["name"]
-    _delete_superseded_jobs(res, ctx, keep=name, finished_too=False)
+    if first_stage:
+        _delete_superseded_jobs(res, ctx, keep=keep, finished_too=False)
     with translate_api_errors(f"creating Job {name}"):
         try:
             job = ctx.kube.create_job(res.namespace, manifest)
@@ -280,20 +349,106 @@ def _create_job(res: Resource, ctx: Context, spec: DatasetPrepSpec) -> tuple[dic
             if job is None:  # deleted between our create and our read: just try again
                 raise kopf.TemporaryError(f"Job {name} vanished after a create conflict", delay=1) from exc
             return job, False  # someone (another replica, a retry) was first: the caller checks whose
-    ctx.metrics.run_started()
+    if first_stage:
+        ctx.metrics.run_started()
     return job, True
 
 
-def _delete_superseded_jobs(res: Resource, ctx: Context, *, keep: str, finished_too: bool) -> None:
+def _delete_superseded_jobs(res: Resource, ctx: Context, *, keep: Collection[str], finished_too: bool) -> None:
     """Delete this resource's Jobs for older specs: unfinished ones, or all of them once switched over."""
     with translate_api_errors("listing older Jobs"):
         jobs = ctx.kube.list_jobs(res.namespace, {builders.LABEL_OWNER_UID: res.uid})
     for job in jobs:
         name = job["metadata"]["name"]
-        if name == keep or (job_state(job) == "succeeded" and not finished_too):
+        if name in keep or (job_state(job) == "succeeded" and not finished_too):
             continue
         with translate_api_errors(f"deleting superseded Job {name}"):
             ctx.kube.delete_job(res.namespace, name)
+
+
+# --------------------------------------------------------------------------- a run in progress
+
+
+def _running(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs: builders.RunJobs,
+             job: Mapping[str, Any], *, shard_job: Mapping[str, Any] | None, events: list[Event]) -> Outcome:
+    """Status while ``job`` (the only Job, the shards' or the merge) runs, with the pods' progress."""
+    name = job["metadata"]["name"]
+    shard_status = (shard_job or {}).get("status") or {}
+    shards_done = shard_status.get("succeeded") or 0
+    if jobs.merge is not None:
+        shards_done = builders.count_indexes(shard_status.get("completedIndexes")) or shards_done
+    reports = [r for r in map(builders.pod_progress, seen.pods(res.namespace, jobs.main)) if r is not None]
+    progress = builders.aggregate_progress(reports, shards_done=shards_done, shards_total=spec.shards,
+                                           pods_active=shard_status.get("active") or 0)
+    message = None
+    if name == jobs.merge:
+        progress.update(shardsDone=spec.shards, summary="merging")
+        message = f"Job {name} is assembling the output of {spec.shards} shards"
+    elif jobs.merge is not None:
+        message = f"Job {name} is running ({shards_done}/{spec.shards} shards)"
+    start = (shard_status.get("startTime") or ((job.get("status") or {}).get("startTime"))
+             or (res.status.get("startTime") if res.status.get("jobName") in jobs.names else None))
+    progress = _throttled(res, ctx, name, progress)
+    return Outcome(status=builders.running_status(res.status, job=name, generation=res.generation, now=ctx.now(),
+                                                  start_time=start, progress=progress, message=message),
+                   events=events)
+
+
+def _throttled(res: Resource, ctx: Context, job: str, progress: dict[str, Any]) -> Mapping[str, Any]:
+    """``progress``, or the one already in status if only live figures changed within the interval.
+
+    New states (the first figures, another shard done, another stage) are written at once.
+    """
+    current = res.status.get("progress") or {}
+    now = ctx.clock()
+    last = ctx.progress_written.get(res.uid)
+    figures_only = (res.status.get("phase") == "Running" and res.status.get("jobName") == job
+                    and "bytesTotal" in current and "bytesTotal" in progress
+                    and current.get("shardsDone") == progress.get("shardsDone"))
+    if figures_only and last is not None and now - last < ctx.progress_interval:
+        return current
+    if progress != current:
+        ctx.progress_written[res.uid] = now
+    return progress
+
+
+# --------------------------------------------------------------------------- reuse
+
+
+def _reusable_source(res: Resource, ctx: Context, seen: Seen,
+                     key: str) -> tuple[Mapping[str, Any], builders.JobResult] | None:
+    """Another Ready DatasetPrep of the namespace with this reuse key, read back fresh, and its result.
+
+    Candidates that ran their own Job come before those that reuse one themselves.
+    """
+    candidates = [c for c in seen.reusable(res.namespace, key) if c.get("uid") != res.uid and c.get("name")]
+    candidates.sort(key=lambda c: (bool(c.get("reusedFrom")), c["name"]))
+    for cand in candidates:
+        with translate_api_errors(f"reading DatasetPrep {cand['name']}"):
+            body = ctx.kube.get_datasetprep(res.namespace, cand["name"])
+        if body is None or body["metadata"].get("uid") == res.uid or builders.reusable_key(body) != key:
+            continue  # gone, or changed since the watch saw it
+        result = builders.reused_result(body)
+        if result is not None and result.outputs:
+            return body, result
+    return None
+
+
+def _reuse(res: Resource, ctx: Context, spec: DatasetPrepSpec, source: Mapping[str, Any],
+           result: builders.JobResult) -> Outcome:
+    """Point at ``source``'s output: the training ConfigMap, then Ready with reason ``Reused``; no Job."""
+    origin = ((source.get("status") or {}).get("output") or {}).get("reusedFrom") or source["metadata"]["name"]
+    cm_name, conflict = _publish(res, ctx, spec, result, keep=(), job=None)
+    if conflict is not None:
+        return conflict
+    status = builders.succeeded_status(res.status, spec, result, job=None, config_map=cm_name,
+                                       generation=res.generation, now=ctx.now(), completion_time=None,
+                                       reused_from=origin)
+    event = Event("Normal", "Reused", f"{status['message']}; ConfigMap {cm_name} written")
+    return Outcome(status=status, events=[event])
+
+
+# --------------------------------------------------------------------------- a run that ended
 
 
 def _pods(ctx: Context, namespace: str, job: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -313,12 +468,24 @@ def _finish_key(pod: Mapping[str, Any]) -> str:
     return _terminated(pod).get("finishedAt") or (pod.get("metadata") or {}).get("creationTimestamp") or ""
 
 
+def _culprit_key(pod: Mapping[str, Any]) -> tuple[bool, bool, str]:
+    """Order failed pods by how much their failure says: the job's own error first, then a plain
+    non-zero exit, then a pod killed by a signal (e.g. a shard stopped because another one failed)."""
+    term = _terminated(pod)
+    try:
+        doc = json.loads(term.get("message") or "")
+    except ValueError:
+        doc = None
+    own_error = isinstance(doc, dict) and doc.get("ok") is False
+    return own_error, (term.get("exitCode") or 0) < 128, _finish_key(pod)
+
+
 def _job_failed(res: Resource, ctx: Context, job: Mapping[str, Any], name: str, events: list[Event]) -> Outcome:
     """The Job gave up: report the job's own error message (termination message, else log tail)."""
     pods = [p for p in _pods(ctx, res.namespace, job) if (p.get("status") or {}).get("phase") == "Failed"]
     error = None
     if pods:
-        pod = max(pods, key=_finish_key)
+        pod = max(pods, key=_culprit_key)
         message = _terminated(pod).get("message")
         fallback = None
         if not (message or "").strip():
@@ -337,8 +504,8 @@ def _job_failed(res: Resource, ctx: Context, job: Mapping[str, Any], name: str, 
 
 
 def _job_succeeded(res: Resource, ctx: Context, spec: DatasetPrepSpec, job: Mapping[str, Any], name: str,
-                   events: list[Event]) -> Outcome:
-    """The Job completed: read its report, publish the training ConfigMap, then declare Ready."""
+                   events: list[Event], *, keep: Collection[str]) -> Outcome:
+    """The Job that publishes completed: read its report, publish the training ConfigMap, then declare Ready."""
     pods = [p for p in _pods(ctx, res.namespace, job) if (p.get("status") or {}).get("phase") == "Succeeded"]
     if not pods:
         # The Job says Complete but its pods are gone (deleted by hand, or pod GC): the result is lost.
@@ -352,24 +519,38 @@ def _job_succeeded(res: Resource, ctx: Context, spec: DatasetPrepSpec, job: Mapp
                                                      generation=res.generation, now=ctx.now(), job=name),
                        events=events + [Event("Warning", "ResultUnreadable", message)])
 
-    cm_name = builders.config_map_name(res.name, spec)
-    conflict = _publish_config_map(res, ctx, cm_name, builders.training_config_data(spec, result))
-    if conflict:
-        return Outcome(status=builders.failed_status(res.status, reason="ConfigMapConflict", message=conflict,
-                                                     generation=res.generation, now=ctx.now(), job=name),
-                       events=events + [Event("Warning", "ConfigMapConflict", conflict)],
-                       error=kopf.PermanentError(conflict))
-    old_cm = res.status.get("configMapName")
-    if old_cm and old_cm != cm_name:
-        _delete_own_config_map(res, ctx, old_cm)
-    _delete_superseded_jobs(res, ctx, keep=name, finished_too=True)
-
+    cm_name, conflict = _publish(res, ctx, spec, result, keep=keep, job=name)
+    if conflict is not None:
+        conflict.events[:0] = events
+        return conflict
     completion = (job.get("status") or {}).get("completionTime")
     status = builders.succeeded_status(res.status, spec, result, job=name, config_map=cm_name,
                                        generation=res.generation, now=ctx.now(), completion_time=completion)
     ctx.metrics.run_succeeded(status["output"].get("tokens"))
     events.append(Event("Normal", "Succeeded", f"{status['message']}; ConfigMap {cm_name} written"))
     return Outcome(status=status, events=events)
+
+
+def _publish(res: Resource, ctx: Context, spec: DatasetPrepSpec, result: builders.JobResult, *,
+             keep: Collection[str], job: str | None) -> tuple[str, Outcome | None]:
+    """Switch over to ``result``: write the training ConfigMap, drop a renamed old one and older Jobs.
+
+    Returns:
+        The ConfigMap's name, and a Stalled outcome if a foreign ConfigMap is in the way.
+    """
+    cm_name = builders.config_map_name(res.name, spec)
+    conflict = _publish_config_map(res, ctx, cm_name, builders.training_config_data(spec, result))
+    if conflict:
+        return cm_name, Outcome(status=builders.failed_status(res.status, reason="ConfigMapConflict",
+                                                              message=conflict, generation=res.generation,
+                                                              now=ctx.now(), job=job),
+                                events=[Event("Warning", "ConfigMapConflict", conflict)],
+                                error=kopf.PermanentError(conflict))
+    old_cm = res.status.get("configMapName")
+    if old_cm and old_cm != cm_name:
+        _delete_own_config_map(res, ctx, old_cm)
+    _delete_superseded_jobs(res, ctx, keep=keep, finished_too=True)
+    return cm_name, None
 
 
 def _publish_config_map(res: Resource, ctx: Context, name: str, data: Mapping[str, str]) -> str | None:

@@ -94,6 +94,18 @@ def job_summary(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def reusable_entry(body: Mapping[str, Any]) -> dict[Any, Any]:
+    """The reuse index's entry for a DatasetPrep: ``{(namespace, reuse key): summary}`` while it is
+    Ready with an output others may point at, else nothing (which drops an earlier entry)."""
+    key = builders.reusable_key(body)
+    if key is None:
+        return {}
+    meta = body.get("metadata") or {}
+    output = (body.get("status") or {}).get("output") or {}
+    return {(meta.get("namespace"), key): {"name": meta.get("name"), "uid": meta.get("uid"),
+                                           "reusedFrom": output.get("reusedFrom")}}
+
+
 def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
     """What the pod index keeps of each job pod: its name, phase and progress annotation."""
     meta = body.get("metadata") or {}
@@ -106,7 +118,7 @@ def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def handle(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, jobs: kopf.Index | None,
-           pods: kopf.Index | None) -> None:
+           pods: kopf.Index | None, reusable: kopf.Index | None = None) -> None:
     """Reconcile one DatasetPrep and hand the result to kopf (status patch, events, retry signal)."""
     res = Resource(body)
 
@@ -116,8 +128,11 @@ def handle(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, jobs: kopf.Inde
     def seen_pods(namespace: str, job: str) -> list[Mapping[str, Any]]:
         return list((pods or {}).get((namespace, job), ()))
 
+    def seen_reusable(namespace: str, key: str) -> list[Mapping[str, Any]]:
+        return list((reusable or {}).get((namespace, key), ()))
+
     try:
-        outcome = reconcile(res, runtime.ctx, seen=Seen(job=seen_job, pods=seen_pods))
+        outcome = reconcile(res, runtime.ctx, seen=Seen(job=seen_job, pods=seen_pods, reusable=seen_reusable))
     except Exception:
         runtime.metrics.reconcile_error()
         raise
