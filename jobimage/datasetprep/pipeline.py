@@ -56,6 +56,7 @@ class Request:
     overwrite: bool = False
     chunk_bytes: int | None = None  # None: total input / 64, clamped to [1 MiB, 16 MiB]
     level: str = "document"
+    input_sha256: str | None = None  # the inputs' digest when the caller computed it already
     partitions: int = 1  # Megatron's --partitions K (round-robin document order)
     keep_sequential: bool = False  # with partitions: Megatron's --keep-sequential-samples (order kept)
     progress: Callable[[dict], None] | None = None
@@ -485,9 +486,11 @@ def _finish(req, tok, dtype, files, chunks, wd: Path, results, stats, t0) -> dic
     if not sum(r["documents"] for r in results):
         shutil.rmtree(wd, ignore_errors=True)
         raise InputError(f"the inputs hold no records ({', '.join(map(str, files[:3])) or 'stream'})")
-    fp: dict = {}
-    hasher = threading.Thread(target=_hash_files, args=(files, fp), daemon=True)
-    hasher.start()
+    fp: dict = {"sha256": req.input_sha256} if req.input_sha256 else {}
+    hasher = None
+    if not fp:  # hash the inputs while the outputs are assembled
+        hasher = threading.Thread(target=_hash_files, args=(files, fp), daemon=True)
+        hasher.start()
     tmp = wd / f"assemble-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -499,7 +502,8 @@ def _finish(req, tok, dtype, files, chunks, wd: Path, results, stats, t0) -> dic
             info = indexed.assemble(parts, tmp_prefix, dtype)
             info.update({"key": key, "prefix": Path(final).name, "tmp": tmp_prefix, "final": final})
             outputs.append(info)
-        hasher.join()
+        if hasher is not None:
+            hasher.join()
         manifest = _manifest(req, tok, dtype, outputs, fp, stats, time.time() - t0)
         _publish(req, outputs, manifest, tmp)
     except BaseException:

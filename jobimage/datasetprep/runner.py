@@ -63,13 +63,21 @@ def resolve_tokenizer(spec: DatasetPrepSpec, volumes: dict[str, Path], token: st
 
 
 def resolve_inputs(spec: DatasetPrepSpec, volumes: dict[str, Path], token: str | None,
-                   log: Callable[[str], None]) -> tuple[list[Path], dict]:
+                   log: Callable[[str], None], content_hash: bool = True) -> tuple[list[Path], dict]:
+    """Local data files and the source's identity.  ``content_hash``: identify files on a volume by
+    the sha256 of their bytes (one read of the whole input); shard pods skip it (each would read
+    everything) and identify them by path, size and mtime."""
     s = spec.source
     out_root = Path(volumes[spec.output.claim_name])
     if s.files is not None:
         root = _volume(volumes, s.files.claim_name, spec.output.claim_name, "source.files")
         files = readers.expand_inputs(s.files.paths, root)
-        return files, {"files": [os.path.relpath(p, root) for p in files], "sha256": pipeline.files_digest(files)}
+        ident = {"files": [os.path.relpath(p, root) for p in files]}
+        if content_hash:
+            ident["sha256"] = pipeline.files_digest(files)
+        else:
+            ident["stat"] = [[p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+        return files, ident
     from . import hub
 
     resolved = hub.resolve_dataset(s.hub, token, cache_dir=out_root / STATE_DIR / "hub-cache")
@@ -146,9 +154,9 @@ def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | No
         hub.preflight(spec, token, cache_dir=out_root / STATE_DIR / "hub-cache",
                       tokenizer_dir=out_root / STATE_DIR / "tokenizers")
     tok_cfg, tok_path = resolve_tokenizer(spec, volumes, token, log)
-    inputs, identity = resolve_inputs(spec, volumes, token, log)
+    inputs, identity = resolve_inputs(spec, volumes, token, log, content_hash=mode != "shard")
     fingerprint = work_fingerprint(identity, tok_cfg, spec)
-    existing = read_manifest(prefix)
+    existing = read_manifest(prefix) if mode != "shard" else None
     if existing and existing.get("fingerprint") == fingerprint and outputs_intact(prefix, existing):
         log(f"output {prefix} is up to date (fingerprint {fingerprint[:12]}): reused, nothing to do")
         return _result(existing, prefix, out_root, tok_path, reused=True)
@@ -162,6 +170,7 @@ def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | No
         chunk_bytes=int(float(chunk_mib) * 2**20) if chunk_mib else None,
         inputs=inputs if isinstance(inputs, list) else [], output_prefix=os.fspath(prefix), tokenizer=tok_cfg, keys=tuple(spec.source.text_keys),
         append_eod=spec.append_eod, workers=workers or spec.workers, overwrite=True, progress=progress,
+        input_sha256=identity.get("sha256"),
         manifest_extra={"fingerprint": fingerprint, "source": identity,
                         "tokenizer_file": os.path.relpath(tok_path, out_root) if tok_path else None},
     )
