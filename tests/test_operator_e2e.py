@@ -326,21 +326,25 @@ def test_spec_change_switches_over_only_when_the_new_output_is_ready(bed):
 
         def new_run_observed():
             nonlocal seen_running
-            cm = bed.config_map("wiki-training")  # read before the status: see below
+            # Read in the reverse of the operator's order (ConfigMap, then old Job deleted, then
+            # status), so that each later read can only be newer than the earlier ones.
+            old_job_exists = bed.job(old_job) is not None
+            cm = bed.config_map("wiki-training")
             obj = bed.get("wiki")
             status = obj.get("status") or {}
             if status.get("jobName") not in (None, old_job) and status.get("phase") == "Running":
-                # The new run is not done: the ConfigMap read just before points at the old output,
-                # unless the operator switched it in the instant between the new output's publication
-                # and its status patch -- then the new output must already be complete.
+                # The new run is not done: the ConfigMap points at the old output, unless the
+                # operator switched it in the instant between publishing and its status patch --
+                # then the new output must already be complete. The old Job goes only after that.
                 seen_running = True
-                if "v2/llama_text_document" in cm.data["config.yaml"]:
+                switched = "v2/llama_text_document" in cm.data["config.yaml"]
+                if switched:
                     assert_golden(bed.data / "v2" / "llama_text_document")
                 else:
                     assert "v1/llama_text_document" in cm.data["config.yaml"]
+                    assert old_job_exists  # the finished old Job stays until the switch
                 assert status["output"]["prefix"] == "/data/v1/llama_text_document"
                 assert (bed.data / "v1" / "llama_text_document.bin").exists()
-                assert bed.job(old_job) is not None  # the finished old Job stays until the switch
             _, ready = bed.condition("wiki", "Ready")
             return ready and ready["status"] == "True"
 
