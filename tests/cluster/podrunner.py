@@ -335,6 +335,22 @@ def _alive(holder: str) -> bool:
         return False
 
 
+def _protected_host_paths() -> list[str]:
+    """Host folders a container's process needs to see as they are: this checkout (editable
+    installs point into it) and the Python installation running the tests."""
+    import site
+
+    paths = {str(Path(__file__).resolve().parents[2]), sys.prefix, sys.base_prefix, sys.exec_prefix}
+    try:
+        paths.update(site.getsitepackages())
+    except AttributeError:  # pragma: no cover - virtualenv without getsitepackages
+        pass
+    return sorted(os.path.normpath(os.path.realpath(p)) for p in paths)
+
+
+PROTECTED_HOST_PATHS = _protected_host_paths()
+
+
 def order_mounts(mounts: list[tuple[str, str, bool]]) -> list[tuple[str, str, bool]]:
     """Order bind mounts so that none hides the source of a later one (e.g. an emptyDir at /tmp
     when the state dir, and so a termination file or hostPath source, lives under /tmp); otherwise
@@ -671,7 +687,7 @@ class PodWorker(threading.Thread):
                 d = vroot / "empty-dir" / name
                 d.mkdir(parents=True, exist_ok=True)
                 d.chmod(0o777)
-                vols[name] = {"path": str(d)}
+                vols[name] = {"path": str(d), "scratch": True}
             elif "configMap" in v or "secret" in v or "downwardAPI" in v or "projected" in v:
                 d = vroot / "files" / name
                 self._materialise(v, d)
@@ -842,7 +858,15 @@ class PodWorker(threading.Thread):
                 if not os.path.lexists(src):
                     os.makedirs(src, exist_ok=True)
             ro = bool(m.get("readOnly") or vol.get("readOnly"))
-            out.append((src, os.path.normpath(m["mountPath"]), ro))
+            dst = os.path.normpath(m["mountPath"])
+            hidden = [p for p in PROTECTED_HOST_PATHS if p == dst or p.startswith(dst.rstrip("/") + "/")]
+            if vol.get("scratch") and hidden and self.runner.mountns:
+                # An emptyDir over e.g. /tmp would hide this checkout or the Python installation
+                # (a CI clone under /tmp): the container then uses the host's folder there.
+                log.info("%s/%s: emptyDir %s not mounted at %s: it would hide %s", self.ns, self.pod_name,
+                         m["name"], dst, hidden[0])
+                continue
+            out.append((src, dst, ro))
         return sorted(out, key=lambda t: t[1].count("/"))
 
     def _start(self, c: Container) -> None:
