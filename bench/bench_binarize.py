@@ -183,6 +183,8 @@ def main() -> None:
                    "--no-progress"]
             if kind == "huggingface-lib":
                 cmd.append("--no-native")
+            if kind == "tiktoken":
+                cmd += ["--eod-id", "0"]  # the derived rank file has no special tokens
             el, peak = run_ours(cmd)
             man = json.loads((tmp / f"{kind}.manifest.json").read_text())
             tokens = man["outputs"][0]["tokens"]
