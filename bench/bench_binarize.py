@@ -118,10 +118,14 @@ def _make_encoder(kind: str, extra: dict):
     raise ValueError(kind)
 
 
-def _raw_worker(kind, extra, texts, q):
-    enc = _make_encoder(kind, extra)
+def _raw_worker(kind, extra, texts, q, go):
+    try:
+        enc = _make_encoder(kind, extra)
+    except BaseException as e:  # report, never leave the parent waiting
+        q.put(f"error: {type(e).__name__}: {e}")
+        raise
     q.put("ready")
-    q.get()  # wait for the start signal so that all workers start together
+    go.wait()  # all workers start together
     t0 = time.perf_counter()
     n = 0
     for t in texts:
@@ -139,13 +143,17 @@ def run_raw(kind: str, extra: dict, texts: list[str], workers: int) -> tuple[flo
         sizes[i] += len(t.encode("utf-8"))
     ctx = mp.get_context("fork")
     qs = [ctx.Queue() for _ in range(workers)]
-    ps = [ctx.Process(target=_raw_worker, args=(kind, extra, s, q)) for s, q in zip(shares, qs)]
+    go = ctx.Event()
+    ps = [ctx.Process(target=_raw_worker, args=(kind, extra, s, q, go)) for s, q in zip(shares, qs)]
     for p in ps:
         p.start()
     for q in qs:
-        assert q.get() == "ready"
-    for q in qs:
-        q.put("go")
+        msg = q.get(timeout=120)
+        if msg != "ready":
+            for p in ps:
+                p.kill()
+            raise SystemExit(f"raw-limit worker failed: {msg}")
+    go.set()
     res = [q.get() for q in qs]
     for p in ps:
         p.join()
@@ -171,7 +179,7 @@ def main() -> None:
             sys.path.insert(0, str(REPO / "tests"))
             from tokfiles import ranks_from_hf_bpe, write_ranks
 
-            extra["tiktoken_file"] = str(write_ranks(ranks_from_hf_bpe(), tmp / "tiktoken.model"))
+            extra["tiktoken_file"] = str(write_ranks(ranks_from_hf_bpe(), tmp / "ranks-derived-from-hf.model"))
         print(f"corpus {a.corpus} ({size / 2**20:.1f} MiB JSONL), {a.workers} workers, {os.cpu_count()} cores",
               flush=True)
         for kind in a.types.split(","):

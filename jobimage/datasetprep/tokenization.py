@@ -401,7 +401,9 @@ class TikTok(Tokenizer):
         return self.enc.encode_ordinary(text)
 
     def encode_many(self, texts: list[str]) -> list:
-        return self.enc.encode_ordinary_batch(texts, num_threads=1)
+        # a plain loop: tiktoken's *_batch goes through a thread pool, 1.5x slower per process here
+        enc = self.enc.encode_ordinary
+        return [enc(t) for t in texts]
 
     def decode(self, ids) -> str:
         return self.enc.decode([int(i) for i in ids])
