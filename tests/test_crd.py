@@ -146,7 +146,7 @@ def test_cel_rules_mirror_the_validators(schema):
     props = spec["properties"]
     assert rules(props["source"]) == ["has(self.hub) != has(self.files)"]
     assert len(rules(props["tokenizer"])) == 4
-    assert rules(spec) == [crdgen.RULES["spec"][0]["rule"]]
+    assert rules(spec) == [r["rule"] for r in crdgen.RULES["spec"]] and len(rules(spec)) == 2
     from datasetprep.spec import CEL_RELATIVE_PATH
 
     for node in (props["output"]["properties"]["prefix"],
@@ -208,6 +208,8 @@ CASES: list[tuple[str, dict, str | None, str | None]] = [
     ("valid-null-tokenizer", variant(VALID_FILES, "tokenizer", {"type": "null", "vocabSize": 65500}), None, None),
     ("valid-dots-in-names", variant(VALID_FILES, "output.prefix", "a/b..c/...d"), None, None),
     ("valid-dot-slash", variant(VALID_FILES, "source.files.paths", ["./corpus.jsonl"]), None, None),
+    ("valid-keep-shards", VALID_FILES | {"shards": 3, "keepShards": True}, None, None),
+    ("valid-keep-shards-off", VALID_FILES | {"keepShards": False}, None, None),
     ("valid-parallelism", VALID_FILES | {"shards": 4, "parallelism": 4}, None, None),
     ("source-both", variant(VALID_FILES, "source.hub", {"repo": "wikitext"}),
      "exactly one of `hub` or `files`", "exactly one of `hub` or `files`"),
@@ -239,6 +241,10 @@ CASES: list[tuple[str, dict, str | None, str | None]] = [
      "cannot exceed shards", "cannot exceed shards"),
     ("parallelism-over-default-shards", VALID_FILES | {"parallelism": 2},
      "cannot exceed shards", "cannot exceed shards"),
+    ("keep-shards-one-shard", VALID_FILES | {"keepShards": True},
+     "keepShards needs shards > 1", "keepShards needs shards > 1"),
+    ("keep-shards-shards-1", VALID_FILES | {"shards": 1, "keepShards": True},
+     "keepShards needs shards > 1", "keepShards needs shards > 1"),
     ("text-keys-duplicate", variant(VALID_FILES, "source.textKeys", ["text", "code", "text"]),
      "duplicates", "Duplicate value"),
     ("text-keys-charset", variant(VALID_FILES, "source.textKeys", ["te xt"]), "may only hold", "should match"),

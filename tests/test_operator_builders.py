@@ -454,3 +454,17 @@ def test_results_with_several_keys_sum_tokens():
 
 def test_job_result_defaults():
     assert JobResult(ok=False).outputs == ()
+
+
+def test_delete_data_job_mounts_only_the_output_and_has_no_token():
+    job = job_for(HUB_SPEC | {"deleteDataOnDelete": True}, delete_data=True)
+    assert job["metadata"]["name"] == "wiki-delete-data"
+    c = container(job)
+    assert c["command"] == ["datasetprep", "job", "--delete-data"]
+    assert "HF_TOKEN" not in env_of(job)
+    files = job_for(FILES_SPEC | {"deleteDataOnDelete": True}, delete_data=True)
+    assert [v["persistentVolumeClaim"]["claimName"] for v in files["spec"]["template"]["spec"]["volumes"]
+            if "persistentVolumeClaim" in v] == ["datasets"]
+    assert json.loads(env_of(files)["DATASETPREP_VOLUMES"]["value"]) == {"datasets": "/data"}
+    with pytest.raises(ValueError):
+        job_for(FILES_SPEC, delete_data=True, merge=True)

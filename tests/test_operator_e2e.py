@@ -257,6 +257,61 @@ def test_prepares_publishes_and_cleans_up(bed, monkeypatch):
     assert_golden(bed.data / "llama_dataset_text_document")
 
 
+def test_delete_data_on_delete(bed):
+    """``deleteDataOnDelete``: the finalizer holds the resource while a clean-up Job deletes its
+    dataset; an output that another DatasetPrep reuses is kept."""
+    with running_operator(bed.ns):
+        created = bed.create("doomed", files_spec("doomed/ds", deleteDataOnDelete=True, shards=2, keepShards=True))
+        bed.wait_ready("doomed")
+        assert bed.get("doomed")["metadata"].get("finalizers"), "a finalizer holds it while the data is deleted"
+        bed.create("keeper", files_spec("keeper/ds", deleteDataOnDelete=True, reuse="Never"))
+        bed.wait_ready("keeper")
+        bed.create("user", files_spec("user/ds"))  # same reuse key as keeper: points at its files
+        assert bed.wait_ready("user")["status"]["output"]["reusedFrom"] == "keeper"
+        (bed.data / "doomed" / "unrelated.txt").write_text("not ours")
+        assert sorted(p.name for p in (bed.data / "doomed").iterdir() if not p.name.startswith(".")) == [
+            "ds.manifest.json", "ds_shard00000.manifest.json", "ds_shard00000_text_document.bin",
+            "ds_shard00000_text_document.idx", "ds_shard00001.manifest.json", "ds_shard00001_text_document.bin",
+            "ds_shard00001_text_document.idx", "ds_text_document.blend.txt", "unrelated.txt"]
+
+        bed.delete("doomed")
+        bed.wait(lambda: not bed.custom.list_namespaced_custom_object(
+            GROUP, VERSION, bed.ns, PLURAL, field_selector="metadata.name=doomed")["items"],
+            "the DatasetPrep to be gone", timeout=120)
+        assert sorted(p.name for p in (bed.data / "doomed").iterdir()) == ["unrelated.txt"]
+        assert (bed.data / "corpus_a.jsonl").exists() and (bed.data / "tokenizer.model").exists()
+        bed.wait(lambda: not bed.jobs(created["metadata"]["uid"]), "its Jobs gone (the clean-up one too)")
+        reasons = [e.reason for e in bed.events("doomed")]
+        assert "DeletingData" in reasons and "DataDeleted" in reasons, reasons
+
+        bed.delete("keeper")  # "user" still points at keeper's files: they stay
+        bed.wait(lambda: "DataKept" in {e.reason for e in bed.events("keeper")}, "DataKept event")
+        assert_golden(bed.data / "keeper" / "ds_text_document")
+        kept = next(e for e in bed.events("keeper") if e.reason == "DataKept")
+        assert "DatasetPrep user still uses it" in kept.message
+
+
+def test_delete_data_mid_run_stops_the_pods_first(bed):
+    text = CORPUS.read_text(encoding="utf-8")
+    (bed.data / "big.jsonl").write_text("\n".join([text] * 6) + "\n", encoding="utf-8")
+    with running_operator(bed.ns):
+        created = bed.create("midway", files_spec("midway/ds", paths=["big.jsonl"], deleteDataOnDelete=True))
+        job_name = bed.wait(lambda: (bed.get("midway").get("status") or {}).get("jobName"), "a Job")
+        bed.wait(lambda: [p for p in bed.core.list_namespaced_pod(
+            bed.ns, label_selector=f"batch.kubernetes.io/job-name={job_name}").items if p.status.phase == "Running"],
+            "the job pod to run")
+        bed.wait(lambda: list((bed.data / "midway").glob(".datasetprep-work-*/parts/*.done")), "a chunk done",
+                 timeout=60)
+        bed.delete("midway")
+        bed.wait(lambda: not bed.custom.list_namespaced_custom_object(
+            GROUP, VERSION, bed.ns, PLURAL, field_selector="metadata.name=midway")["items"],
+            "the DatasetPrep to be gone", timeout=120)
+        assert list((bed.data / "midway").iterdir()) == []  # the work folder went with it
+        assert not bed.core.list_namespaced_pod(
+            bed.ns, label_selector=f"{builders.LABEL_OWNER_UID}={created['metadata']['uid']}").items
+        assert "DataDeleted" in {e.reason for e in bed.events("midway")}
+
+
 def test_failing_job_stalls_with_the_jobs_own_message(bed):
     (bed.data / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
     with running_operator(bed.ns):

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from datasetprep.spec import parse_spec
 from datasetprep_operator import builders
 from datasetprep_operator.config import OperatorConfig
-from datasetprep_operator.reconcile import Context, Resource, Seen, reconcile, status_changes
+from datasetprep_operator.reconcile import Context, Outcome, Resource, Seen, reconcile, status_changes
 
 SPEC = {
     "source": {"files": {"paths": ["corpus.jsonl"]}},
@@ -374,3 +374,74 @@ def test_progress_comes_from_the_watched_pods():
 ])
 def test_status_changes(current, desired, patch):
     assert status_changes(current, desired) == patch
+
+
+# --------------------------------------------------------------------------- deleteDataOnDelete
+
+
+def test_delete_data_flow_and_when_the_data_is_kept():
+    from datasetprep_operator.reconcile import delete_data
+
+    w = World({**SPEC, "deleteDataOnDelete": True, "hfTokenSecretRef": {"name": "hf"}})
+    w.run()
+    w.finish(message=json.dumps(RESULT))
+    w.run()
+    assert w.body["status"]["phase"] == "Succeeded"
+    w.kube.list_datasetpreps = lambda ns: [w.body]
+    w.kube.pods = []  # the run's pods are gone
+
+    def step():
+        return delete_data(Resource(copy.deepcopy(w.body)), w.ctx)
+
+    # 1. the finished run Job is deleted first; 2. then the clean-up Job is created, without the token
+    first = step()
+    assert isinstance(first.error, kopf.TemporaryError) and w.job_name not in w.kube.jobs
+    second = step()
+    assert [e.reason for e in second.events] == ["DeletingData"] and isinstance(second.error, kopf.TemporaryError)
+    cleanup = w.kube.jobs["wiki-delete-data"]
+    c = cleanup["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["datasetprep", "job", "--delete-data"]
+    assert "HF_TOKEN" not in {e["name"] for e in c["env"]}
+    assert cleanup["metadata"]["labels"][builders.LABEL_COMPONENT] == "delete-data"
+    assert "ownerReferences" not in cleanup["metadata"]  # it must outlive nothing: deleted when done
+    assert isinstance(step().error, kopf.TemporaryError)  # still running: wait, create nothing more
+    cleanup["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    term = {"exitCode": 0, "message": json.dumps({"ok": True, "deleted_files": 3, "deleted_bytes": 1234}),
+            "finishedAt": "T3"}
+    w.kube.pods = [{"metadata": {"name": "c", "labels": {builders.LABEL_COMPONENT: "delete-data"}},
+                    "status": {"phase": "Succeeded",
+                               "containerStatuses": [{"name": "datasetprep", "state": {"terminated": term}}]}}]
+    done = step()
+    assert done.error is None and [e.reason for e in done.events] == ["DataDeleted"]
+    assert "3 files, 1,234 bytes" in done.events[0].message and "wiki-delete-data" not in w.kube.jobs
+
+    # kept: another DatasetPrep points at this output
+    user = {"metadata": {"name": "other", "uid": "uid-2"}, "status": {"output": {"reusedFrom": "wiki"}}}
+    w.kube.list_datasetpreps = lambda ns: [w.body, user]
+    kept = step()
+    assert kept.error is None and [e.reason for e in kept.events] == ["DataKept"]
+    assert "DatasetPrep other still uses it" in kept.events[0].message and not w.kube.jobs
+    # kept: this one only reused another's output
+    w.body["status"]["output"]["reusedFrom"] = "maker"
+    assert "made by DatasetPrep maker" in step().events[0].message
+    # nothing at all without the flag
+    w.body["spec"]["deleteDataOnDelete"] = False
+    assert step() == Outcome()
+
+
+def test_delete_data_failure_is_reported_and_does_not_hold_the_resource():
+    from datasetprep_operator.reconcile import delete_data
+
+    w = World({**SPEC, "deleteDataOnDelete": True})
+    w.kube.list_datasetpreps = lambda ns: []
+    res = lambda: Resource(copy.deepcopy(w.body))  # noqa: E731
+    delete_data(res(), w.ctx)
+    w.kube.jobs["wiki-delete-data"]["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
+    term = {"exitCode": 1, "message": json.dumps({"ok": False, "error": "cannot write to /data: read-only"}),
+            "finishedAt": "T3"}
+    w.kube.pods = [{"metadata": {"name": "c", "labels": {builders.LABEL_COMPONENT: "delete-data"}},
+                    "status": {"phase": "Failed",
+                               "containerStatuses": [{"name": "datasetprep", "state": {"terminated": term}}]}}]
+    out = delete_data(res(), w.ctx)
+    assert out.error is None and [e.reason for e in out.events] == ["DeleteDataFailed"]
+    assert "cannot write to /data: read-only; it is left there" in out.events[0].message

@@ -285,6 +285,99 @@ def test_reuse_never_or_a_stale_candidate_launches_a_job():
     assert len(w.kube.jobs) == 1 and w.body["status"]["phase"] == "Running"
 
 
+KEPT_RESULT = {
+    "ok": True,
+    "outputs": [{"key": "text", "prefix": "llama_dataset_text_document", "documents": 3, "sequences": 3,
+                 "tokens": 30, "dtype": "uint16", "blend_file": "llama_dataset_text_document.blend.txt",
+                 "shards": 3, "blend_weights": [12, 0, 18]}],
+    "tokenizer": {"type": "sentencepiece", "path": "tokenizer.model", "vocab_size": 8000, "eod_id": 2},
+    "fingerprint": "f", "resolved_revision": None,
+}
+
+
+def kept_config(result: dict, **spec_extra) -> dict[str, str]:
+    spec = parse_spec(sharded(keepShards=True, **spec_extra))
+    return builders.training_config_data(spec, builders.parse_termination_message(json.dumps(result)))
+
+
+def test_kept_shards_config_names_the_blend():
+    import yaml
+
+    data = kept_config(KEPT_RESULT)
+    shard0, shard2 = "/data/llama_dataset_shard00000_text_document", "/data/llama_dataset_shard00002_text_document"
+    # Megatron-LM reads the list from the file on the volume, whatever the number of shards
+    assert data["megatron-args.txt"] == ("--data-args-path /data/llama_dataset_text_document.blend.txt "
+                                         "--tokenizer-type SentencePieceTokenizer "
+                                         "--tokenizer-model /data/tokenizer.model\n")
+    # NeMo takes the blend inline: weight (tokens), prefix, ...; the empty shard 1 is left out
+    assert yaml.safe_load(data["config.yaml"])["training"]["data"] == {
+        "dataset_path": [12, shard0, 18, shard2], "data_args_path": "/data/llama_dataset_text_document.blend.txt",
+        "tokenizer_path": "/data/tokenizer.model"}
+    assert yaml.safe_load(data["nemo2-data.yaml"])["paths"] == ["12", shard0, "18", shard2]
+    # the names are the engine's own
+    assert shard2 == "/data/" + pipeline.shard_prefix("llama_dataset", 2) + "_text_document"
+
+    # weights the job had no room for: the file is named instead of a list
+    no_weights = copy.deepcopy(KEPT_RESULT)
+    del no_weights["outputs"][0]["blend_weights"]
+    data = kept_config(no_weights)
+    assert "dataset_path" not in yaml.safe_load(data["config.yaml"])["training"]["data"]
+    nemo = yaml.safe_load(data["nemo2-data.yaml"])
+    assert "paths" not in nemo and "/data/llama_dataset_text_document.blend.txt" in data["nemo2-data.yaml"]
+    assert data["megatron-args.txt"].startswith("--data-args-path /data/llama_dataset_text_document.blend.txt ")
+    # malformed weights (not one per shard) are not trusted either
+    bad = copy.deepcopy(KEPT_RESULT)
+    bad["outputs"][0]["blend_weights"] = [1, 2]
+    assert "dataset_path" not in yaml.safe_load(kept_config(bad)["config.yaml"])["training"]["data"]
+
+
+def test_kept_shards_are_part_of_the_reuse_key():
+    merged = builders.reuse_key(parse_spec(sharded()))
+    assert builders.reuse_key(parse_spec(SPEC)) == merged  # shards alone change nothing
+    kept3 = builders.reuse_key(parse_spec(sharded(keepShards=True)))
+    kept4 = builders.reuse_key(parse_spec({**sharded(keepShards=True), "shards": 4}))
+    assert len({merged, kept3, kept4}) == 3
+
+
+def test_kept_shards_run_lists_them_and_is_reusable():
+    w = World(sharded(keepShards=True))
+    jobs = names(w)
+    w.run()
+    complete(w, jobs.main)
+    second = w.run()
+    assert "write their blend list" in second.events[0].message
+    assert w.body["status"]["progress"]["summary"] == "listing shards"
+    complete(w, jobs.merge, pods=[pod("Succeeded", json.dumps(KEPT_RESULT), 0, "T3")])
+    w.run()
+    status = w.body["status"]
+    assert status["phase"] == "Succeeded" and "3 shard datasets listed in" in status["message"]
+    out = status["output"]
+    assert out["layout"] == "Shards" and "prefix" not in out
+    assert out["blendFile"] == "/data/llama_dataset_text_document.blend.txt"
+    assert out["files"] == [{"key": "text", "documents": 3, "sequences": 3, "tokens": 30, "dtype": "uint16",
+                             "blendFile": "/data/llama_dataset_text_document.blend.txt", "shards": 3,
+                             "shardTokens": [12, 0, 18]}]
+    cm = w.kube.config_maps["wiki-training"]["data"]
+    assert cm == kept_config(KEPT_RESULT)
+
+    # another resource with the same kept-shards spec points at it, at its own mount path
+    source = w.body
+    source["metadata"].update(name="first", uid="uid-0")
+    assert builders.reusable_key(source) == source["status"]["reuseKey"]
+    mine = sharded(keepShards=True, output={"claimName": "data", "prefix": "mine", "mountPath": "/mnt/data"})
+    w2 = World(mine)
+    w2.run(seen=reusing(w2, source))
+    assert w2.kube.jobs == {} and w2.body["status"]["output"]["reusedFrom"] == "first"
+    assert w2.body["status"]["output"]["blendFile"] == "/mnt/data/llama_dataset_text_document.blend.txt"
+    data = w2.kube.config_maps["wiki-training"]["data"]
+    assert "--data-args-path /mnt/data/llama_dataset_text_document.blend.txt" in data["megatron-args.txt"]
+    assert "/mnt/data/llama_dataset_shard00002_text_document" in data["nemo2-data.yaml"]
+    # ... but one that wants a merged dataset does not
+    w3 = World({**SPEC, "output": {"claimName": "data", "prefix": "x"}})
+    w3.run(seen=reusing(w3, source))
+    assert len(w3.kube.jobs) == 1
+
+
 # =========================================================================== on the test bed
 
 
@@ -344,6 +437,40 @@ def test_three_shards_write_the_same_bytes_as_one_pod_and_as_megatron(bed, monke
     assert cm.data["config.yaml"] == ('training:\n  data:\n    dataset_path: "/data/three/llama_text_document"\n'
                                       '    tokenizer_path: "/data/tokenizer.model"\n')
     assert {"JobCreated", "MergeJobCreated", "Succeeded"} <= {e.reason for e in bed.events("three")}
+
+
+@pytest.mark.cluster
+def test_kept_shards_are_published_by_their_pods_and_listed_in_the_config(bed, monkeypatch, tmp_path):
+    monkeypatch.setenv("DATASETPREP_JOB_ENV", json.dumps({"DATASETPREP_CHUNK_MIB": "0.1"}))
+    with running_operator(bed.ns):
+        created = bed.create("kept", files_spec("kept/llama", shards=3, keepShards=True, reuse="Never"))
+        obj = bed.wait_ready("kept")
+    status = obj["status"]
+    out_dir = bed.data / "kept"
+    shard_prefixes = [out_dir / f"llama_shard{i:05d}_text_document" for i in range(3)]
+    # Each shard pod published its own dataset; nothing was merged.
+    assert not (out_dir / "llama_text_document.bin").exists()
+    jobs = {j.metadata.labels[builders.LABEL_COMPONENT]: j for j in bed.jobs(created["metadata"]["uid"])}
+    reports = sorted((json.loads(terminated(p)["message"]) for p in job_pods(bed, jobs["job"].metadata.name)),
+                     key=lambda r: r["shard"])
+    assert [(r["ok"], r["shard"], r.get("published")) for r in reports] == [(True, i, True) for i in range(3)]
+    # The shards hold Megatron-LM's tokens in order: merged, they are its bytes.
+    merge_datasets([str(p) for p in shard_prefixes], str(tmp_path / "remerged_text_document"))
+    assert same_bytes(tmp_path / "remerged_text_document", GOLDEN_PREFIX)
+
+    # The blend list on the volume, as Megatron-LM's --data-args-path reads it, with the pods' paths.
+    words = (out_dir / "llama_text_document.blend.txt").read_text().split()
+    assert words[1::2] == [f"/data/kept/llama_shard{i:05d}_text_document" for i in range(3)]
+    assert sum(map(int, words[0::2])) == 821228
+    out = status["output"]
+    assert out["layout"] == "Shards" and out["blendFile"] == "/data/kept/llama_text_document.blend.txt"
+    assert out["files"][0]["shardTokens"] == [int(w) for w in words[0::2]]
+    assert (out["documents"], out["tokens"]) == (526, 821228)
+    cm = bed.config_map("kept-training")
+    assert cm.data["megatron-args.txt"].startswith("--data-args-path /data/kept/llama_text_document.blend.txt ")
+    nemo_paths = __import__("yaml").safe_load(cm.data["nemo2-data.yaml"])["paths"]
+    assert nemo_paths == words
+    assert {"JobCreated", "MergeJobCreated", "Succeeded"} <= {e.reason for e in bed.events("kept")}
 
 
 def shard_pod_copies(tmp: Path, seconds: float = 9.0) -> int:

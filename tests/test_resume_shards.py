@@ -47,6 +47,26 @@ def test_rerun_after_crash_redoes_only_unfinished_chunks(tmp_path, workers):
     assert not list(tmp_path.glob(".datasetprep-work-*"))  # cleaned after publishing
 
 
+def test_resumed_run_reports_reused_work_as_done_but_not_in_its_rates(tmp_path):
+    out = tmp_path / "ds"
+    with pytest.raises(Crash):
+        pipeline.run(_req(out, 1, _crash_after(6)))
+    reports = []
+    m = pipeline.run(_req(out, 1, reports.append))
+    first, last = reports[0], reports[-1]
+    reused = m["stats"]["chunks_reused"]
+    assert first["chunks_reused"] == reused >= 6 and first["tokens_reused"] > 0
+    assert first["tokens"] >= first["tokens_reused"] and first["bytes_done"] >= first["bytes_reused"]
+    # at the end every token is counted, the reused ones included (no dip after a restart)
+    assert last["tokens"] == m["outputs"][0]["tokens"] and last["documents"] == m["outputs"][0]["documents"]
+    # rates and ETA: only this attempt's work (right after resuming, nothing done yet → no rate)
+    fresh = dict(first, started=first["started"], bytes_done=first["bytes_reused"],
+                 tokens=first["tokens_reused"], documents=first["documents_reused"])
+    r = pipeline.format_rate(fresh)
+    assert r["tokens_s"] == 0 and r["mib_s"] == 0 and r["eta"] is None
+    assert pipeline.format_rate(last)["tokens_s"] < last["tokens"] / pipeline.format_rate(last)["elapsed"]
+
+
 def test_corrupt_chunk_is_redone(tmp_path):
     out = tmp_path / "ds"
     with pytest.raises(Crash):

@@ -264,16 +264,25 @@ def cmd_run(a) -> int:
     root = volumes[spec.output.claim_name]
     verb = "reused" if res["reused"] else "wrote"
     for o in res["outputs"]:
-        print(f"{name}: {verb} {root / o['prefix']}.{{bin,idx}}: {o['documents']:,} documents, "
-              f"{o['tokens']:,} tokens ({o['dtype']})")
+        if o.get("blend_file"):
+            used = sum(1 for w in o["blend_weights"] if w)
+            print(f"{name}: {verb} {o['shards']} shard datasets, blend list {root / o['blend_file']} "
+                  f"({used} non-empty; Megatron-LM: --data-args-path): {o['documents']:,} documents, "
+                  f"{o['tokens']:,} tokens ({o['dtype']})")
+        else:
+            print(f"{name}: {verb} {root / o['prefix']}.{{bin,idx}}: {o['documents']:,} documents, "
+                  f"{o['tokens']:,} tokens ({o['dtype']})")
     return 0
 
 
 def add_job(sub) -> None:
     p = sub.add_parser("job", help="Job pod entrypoint (reads DATASETPREP_SPEC; used by the operator)")
-    p.add_argument("--merge", action="store_true", help="assemble and publish after all shards are done")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--merge", action="store_true", help="assemble and publish after all shards are done")
+    g.add_argument("--delete-data", action="store_true",
+                   help="delete the spec's published dataset and unfinished work (spec.deleteDataOnDelete)")
     p.set_defaults(func=lambda a: __import__("datasetprep.job", fromlist=["main"]).main(
-        ["--merge"] if a.merge else []))
+        ["--merge"] if a.merge else ["--delete-data"] if a.delete_data else []))
 
 
 def add_operator(sub) -> None:

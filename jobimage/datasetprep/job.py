@@ -35,10 +35,18 @@ def _termination_path() -> str:
 def write_termination(doc: dict) -> None:
     text = json.dumps(doc, separators=(",", ":"), sort_keys=True)
     if len(text) > MAX_MESSAGE and doc.get("ok"):
-        doc = dict(doc)
-        for o in doc.get("outputs", []):
-            o.pop("idx_sha256", None)
-        text = json.dumps(doc, separators=(",", ":"), sort_keys=True)[:MAX_MESSAGE]
+        # Kubernetes keeps 4 KiB: drop what the operator can do without, least useful first (the
+        # blend weights stay in the blend list file on the volume)
+        doc = dict(doc, outputs=[dict(o) for o in doc.get("outputs", [])])
+        for field in ("idx_sha256", "bin_sha256", "blend_weights"):
+            for o in doc["outputs"]:
+                o.pop(field, None)
+            text = json.dumps(doc, separators=(",", ":"), sort_keys=True)
+            if len(text) <= MAX_MESSAGE:
+                break
+        else:
+            doc = {"ok": False, "error": "the job's result does not fit in a termination message (too many text keys?)"}
+            text = json.dumps(doc, separators=(",", ":"))
     elif len(text) > MAX_MESSAGE:
         doc = {"ok": False, "error": doc.get("error", "")[: MAX_MESSAGE - 40]}
         text = json.dumps(doc, separators=(",", ":"))
@@ -70,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         token = hub.token_from_env()
         if token:
             hub.install_token_redaction(token)
+        if argv and "--delete-data" in argv:  # the operator's clean-up when the DatasetPrep is deleted
+            from .runner import delete_output
+
+            write_termination(delete_output(spec, volumes, log=log.info))
+            return 0
         mode, index = "all", None
         if argv and "--merge" in argv:
             mode = "merge"

@@ -15,6 +15,7 @@ plan → W worker processes → parts → streaming concatenation → atomic pub
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
@@ -61,6 +62,7 @@ class Request:
     keep_sequential: bool = False  # with partitions: Megatron's --keep-sequential-samples (order kept)
     progress: Callable[[dict], None] | None = None
     manifest_extra: dict = field(default_factory=dict)
+    keep_shards: int = 0  # N > 0: shard pods publish their own datasets and ``finish`` writes a blend list
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,9 +362,16 @@ def run(req: Request, shard: tuple[int, int] | None = None) -> dict:
     tok = _load_checked(req)
     dtype = indexed.dtype_for_vocab(tok.vocab_size)
     files, chunks = plan(req)
-    wd = work_dir(req, work_key(req, files, chunks))
+    key = work_key(req, files, chunks)
+    wd = work_dir(req, key)
     if shard is None:
         _remove_stale_work_dirs(req, keep=wd)
+    elif req.keep_shards:
+        published = shard_published(req, key, shard)
+        if published is not None:  # an earlier attempt (or run) finished this shard: nothing to redo
+            return {"shard": shard[0], "shards": shard[1], "chunks": published["stats"]["chunks"],
+                    "chunks_reused": published["stats"]["chunks"], "documents": published["outputs"][0]["documents"],
+                    "published": True, "already_published": True, "work_dir": os.fspath(wd)}
     try:
         (wd / "parts").mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -379,20 +388,31 @@ def run(req: Request, shard: tuple[int, int] | None = None) -> dict:
         shutil.rmtree(wd, ignore_errors=True)  # permanent: the input or tokenizer must change first
         raise
     if shard is not None:
-        return {"shard": shard[0], "shards": shard[1], "chunks": len(selected),
+        info = {"shard": shard[0], "shards": shard[1], "chunks": len(selected),
                 "chunks_reused": stats["chunks_reused"], "documents": sum(r["documents"] for r in results),
                 "work_dir": os.fspath(wd)}
+        if req.keep_shards:
+            _publish_shard(req, tok, dtype, wd, key, results, shard, stats, t0)
+            info["published"] = True
+        return info
     return _finish(req, tok, dtype, files, chunks, wd, results, stats, t0)
 
 
 def finish(req: Request) -> dict:
-    """Assemble and publish after every shard of ``run(req, shard=...)`` is done (the merge step)."""
+    """Assemble and publish after every shard of ``run(req, shard=...)`` is done (the merge step).
+
+    With ``req.keep_shards`` nothing is concatenated: every shard must have published its own
+    dataset, and the blend list of them is written instead (see ``_finish_shards``).
+    """
     t0 = time.time()
     check_outputs(req)
     tok = _load_checked(req)
     dtype = indexed.dtype_for_vocab(tok.vocab_size)
     files, chunks = plan(req)
-    wd = work_dir(req, work_key(req, files, chunks))
+    key = work_key(req, files, chunks)
+    wd = work_dir(req, key)
+    if req.keep_shards:
+        return _finish_shards(req, tok, dtype, key, wd, len(chunks), t0)
     results = []
     for i in range(len(chunks)):
         r = _load_done(str(wd / "parts"), i, len(req.keys))
@@ -510,7 +530,223 @@ def _finish(req, tok, dtype, files, chunks, wd: Path, results, stats, t0) -> dic
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(wd, ignore_errors=True)
+    _remove_other_layout(req, keep_shards=0)
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Kept shards: one dataset per shard and a Megatron blend list instead of one merged dataset
+# ---------------------------------------------------------------------------------------------
+
+
+def shard_prefix(output_prefix: str, index: int) -> str:
+    """``{prefix}_shard{i:05d}``: shard i's own dataset is ``{prefix}_shard{i:05d}_{key}_document``."""
+    return f"{output_prefix}_shard{index:05d}"
+
+
+def blend_path(output_prefix: str, key: str, level: str = "document") -> Path:
+    """The blend list of one text key, for Megatron-LM's ``--data-args-path``."""
+    return Path(indexed.output_prefix(output_prefix, key, level) + ".blend.txt")
+
+
+def files_intact(folder: Path, entries: list[dict]) -> bool:
+    """Every ``{prefix}.bin/.idx`` listed still has the size the manifest recorded (a cheap check)."""
+    try:
+        for o in entries:
+            base = Path(folder) / o["prefix"]
+            if (os.path.getsize(f"{base}.bin") != o["bin_bytes"]
+                    or os.path.getsize(f"{base}.idx") != o["idx_bytes"]):
+                return False
+    except (OSError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def shard_published(req: Request, key: str, shard: tuple[int, int]) -> dict | None:
+    """Shard i of n's published manifest if it is of this very work (same work key, same slice)
+    and its files are intact; else None (then the shard is made again)."""
+    m = _read_json(manifest_path(shard_prefix(req.output_prefix, shard[0])))
+    if (not m or m.get("work_key") != key or m.get("shard") != list(shard)
+            or len(m.get("outputs") or ()) != len(req.keys)
+            or [o.get("key") for o in m["outputs"]] != list(req.keys)):
+        return None
+    return m if files_intact(Path(req.output_prefix).parent, m["outputs"]) else None
+
+
+def _publish_shard(req: Request, tok, dtype, wd: Path, key: str, results: list[dict], shard: tuple[int, int],
+                   stats: dict, t0: float) -> dict:
+    """Assemble this shard's chunks into its own dataset and publish it (with its manifest)."""
+    i, n = shard
+    sub = dataclasses.replace(req, output_prefix=shard_prefix(req.output_prefix, i), overwrite=True,
+                              manifest_extra={})
+    tmp = wd / f"assemble-shard{i:05d}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        outputs = []
+        for k, name in enumerate(req.keys):
+            final = indexed.output_prefix(sub.output_prefix, name, req.level)
+            tmp_prefix = os.fspath(tmp / Path(final).name)
+            info = indexed.assemble([r["parts"][k] for r in results], tmp_prefix, dtype)
+            info.update({"key": name, "prefix": Path(final).name, "tmp": tmp_prefix, "final": final})
+            outputs.append(info)
+        manifest = _manifest(sub, tok, dtype, outputs, {}, stats, time.time() - t0)
+        manifest.update({"layout": "shard", "shard": [i, n], "work_key": key,
+                         "fingerprint": req.manifest_extra.get("fingerprint")})
+        # The whole dataset's manifest lists the shards; it is no longer true once one changes, and
+        # the finishing step writes it again.
+        manifest_path(req.output_prefix).unlink(missing_ok=True)
+        _publish(sub, outputs, manifest, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _finish_shards(req: Request, tok, dtype, key: str, wd: Path, nchunks: int, t0: float) -> dict:
+    """Check every shard's published dataset, then write one blend list per text key
+    (``{prefix}_{key}_document.blend.txt``: ``tokens prefix`` per non-empty shard, as Megatron-LM's
+    ``--data-args-path`` reads it, weights = token counts so that sampling follows the data) and
+    the manifest of the whole.  Reads no token: it is quick whatever the size."""
+    n = req.keep_shards
+    shards = []
+    for i in range(n):
+        m = shard_published(req, key, (i, n))
+        if m is None:
+            raise BinarizeError(f"shard {i} of {n} has not published its dataset, or its files changed since "
+                                f"({shard_prefix(req.output_prefix, i)}.manifest.json); rerun that shard first")
+        shards.append(m)
+    out_dir = Path(req.output_prefix).parent
+    if not sum(m["outputs"][0]["documents"] for m in shards):
+        raise InputError(f"the inputs hold no records ({', '.join(map(str, req.inputs[:3]))})")
+    tmp = out_dir / f".datasetprep-tmp-{Path(req.output_prefix).name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        outputs, moves = [], []
+        for k, name in enumerate(req.keys):
+            entries = [m["outputs"][k] for m in shards]
+            lines = [f"{e['tokens']} {(out_dir / e['prefix']).resolve()}\n" for e in entries if e["sequences"]]
+            final = blend_path(req.output_prefix, name, req.level)
+            with open(tmp / final.name, "w", encoding="utf-8") as f:
+                f.writelines(lines)
+                f.flush()
+                os.fsync(f.fileno())
+            moves.append((tmp / final.name, final))
+            outputs.append({
+                "key": name, "prefix": Path(indexed.output_prefix(req.output_prefix, name, req.level)).name,
+                "blend_file": final.name,
+                "documents": sum(e["documents"] for e in entries), "sequences": sum(e["sequences"] for e in entries),
+                "tokens": sum(e["tokens"] for e in entries), "dtype": dtype.name,
+                "max_document_tokens": max(e.get("max_document_tokens", 0) for e in entries),
+                "shards": [{k2: e[k2] for k2 in ("prefix", "documents", "sequences", "tokens", "bin_bytes",
+                                                 "idx_bytes", "bin_sha256", "idx_sha256")} for e in entries],
+            })
+        stats = {"bytes_total": sum(m["input"]["bytes"] for m in shards), "chunks_total": nchunks,
+                 "chunks_reused": nchunks}
+        manifest = _manifest(req, tok, dtype, [], {"sha256": req.input_sha256}, stats, time.time() - t0)
+        manifest.update({"layout": "shards", "shards": n, "work_key": key, "outputs": outputs})
+        mtmp = tmp / "manifest.json"
+        with open(mtmp, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        manifest_path(req.output_prefix).unlink(missing_ok=True)
+        for src, dst in moves:
+            os.replace(src, dst)
+        os.replace(mtmp, manifest_path(req.output_prefix))
+        _fsync_dir(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(wd, ignore_errors=True)  # the chunk parts are in the shard datasets now
+    _remove_other_layout(req, keep_shards=n)
+    return manifest
+
+
+def _remove_other_layout(req: Request, keep_shards: int) -> None:
+    """After publishing, remove what an earlier run with another layout left under this prefix:
+    the merged dataset (when shards are kept), shard datasets beyond the N kept, or all of them and
+    their blend lists (when merged).  Only files a shard manifest of ours lists are touched."""
+    out_dir = Path(req.output_prefix).parent
+    name = Path(req.output_prefix).name
+    if keep_shards:
+        for p in final_paths(req.output_prefix, req.keys, req.level):
+            p.unlink(missing_ok=True)
+    else:
+        for key in req.keys:
+            blend_path(req.output_prefix, key, req.level).unlink(missing_ok=True)
+    for mp_ in out_dir.glob(f"{glob_escape(name)}_shard[0-9][0-9][0-9][0-9][0-9].manifest.json"):
+        index = int(mp_.name[len(name) + 6:len(name) + 11])
+        if keep_shards and index < keep_shards:
+            continue
+        m = _read_json(mp_) or {}
+        if m.get("layout") != "shard":
+            continue
+        for o in m.get("outputs") or ():
+            if isinstance(o, dict) and isinstance(o.get("prefix"), str) and "/" not in o["prefix"]:
+                for ext in (".bin", ".idx"):
+                    (out_dir / (o["prefix"] + ext)).unlink(missing_ok=True)
+        mp_.unlink(missing_ok=True)
+
+
+def remove_output(output_prefix: str, keys, level: str = "document") -> dict:
+    """Delete a published dataset (``spec.deleteDataOnDelete``): what its manifests list (merged files,
+    or shard datasets, their manifests and blend lists), the manifest itself, and unfinished work
+    folders of this prefix.  Nothing else: not the inputs, the tokenizer or the Hub cache, which
+    other datasets may share.  Returns what was removed."""
+    out_dir = Path(output_prefix).parent
+    name = Path(output_prefix).name
+    removed = {"files": 0, "bytes": 0}
+
+    def rm(path: Path) -> None:
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return
+        removed["files"] += 1
+        removed["bytes"] += size
+
+    top = _read_json(manifest_path(output_prefix)) or {}
+    if top.get("layout") == "shards":
+        for o in top.get("outputs") or ():
+            if isinstance(o, dict) and isinstance(o.get("blend_file"), str) and "/" not in o["blend_file"]:
+                rm(out_dir / o["blend_file"])
+    else:
+        for o in top.get("outputs") or ():
+            if isinstance(o, dict) and isinstance(o.get("prefix"), str) and "/" not in o["prefix"]:
+                rm(out_dir / (o["prefix"] + ".bin"))
+                rm(out_dir / (o["prefix"] + ".idx"))
+    for key in keys:  # a blend list of a run whose last step did not finish
+        rm(blend_path(output_prefix, key, level))
+    for mp_ in out_dir.glob(f"{glob_escape(name)}_shard[0-9][0-9][0-9][0-9][0-9].manifest.json"):
+        m = _read_json(mp_) or {}
+        if m.get("layout") != "shard":
+            continue
+        for o in m.get("outputs") or ():
+            if isinstance(o, dict) and isinstance(o.get("prefix"), str) and "/" not in o["prefix"]:
+                rm(out_dir / (o["prefix"] + ".bin"))
+                rm(out_dir / (o["prefix"] + ".idx"))
+        rm(mp_)
+    rm(manifest_path(output_prefix))
+    for pattern in (".datasetprep-work-", ".datasetprep-tmp-"):
+        for d in out_dir.glob(f"{pattern}{glob_escape(name)}-*"):
+            if d.is_dir():
+                removed["bytes"] += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+                shutil.rmtree(d, ignore_errors=True)
+    _fsync_dir(out_dir)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a glob pattern."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def _remove_stale_work_dirs(req: Request, keep: Path) -> None:
@@ -566,10 +802,16 @@ def _run_chunks(req: Request, tok, chunks: list[Chunk], selected: list[int], par
             todo.append(i)
         else:
             results.append(r)
+            tokens = sum(p.tokens for p in r["parts"])
             stats["chunks_done"] += 1
             stats["chunks_reused"] += 1
             stats["bytes_done"] += chunks[i].size
             stats["documents"] += r["documents"]
+            stats["tokens"] += tokens
+            # done by an earlier attempt: counted as done, but not in this attempt's rates
+            stats["bytes_reused"] = stats.get("bytes_reused", 0) + chunks[i].size
+            stats["documents_reused"] = stats.get("documents_reused", 0) + r["documents"]
+            stats["tokens_reused"] = stats.get("tokens_reused", 0) + tokens
     if todo:
         results += _process(req, tok, chunks, todo, part_dir, dtype, stats)
     results.sort(key=lambda r: r["index"])
@@ -723,12 +965,13 @@ def format_rate(stats: dict) -> dict:
     """Derived figures for progress displays."""
     el = max(time.time() - stats["started"], 1e-6)
     done, total = stats["bytes_done"], stats["bytes_total"] or 1
-    rate = done / el
+    # rates are of the work this attempt did: chunks reused from an earlier attempt took no time
+    rate = (done - stats.get("bytes_reused", 0)) / el
     return {
         "elapsed": el,
         "mib_s": rate / 2**20,
-        "docs_s": stats["documents"] / el,
-        "tokens_s": stats["tokens"] / el,
+        "docs_s": (stats["documents"] - stats.get("documents_reused", 0)) / el,
+        "tokens_s": (stats["tokens"] - stats.get("tokens_reused", 0)) / el,
         "percent": min(100.0, 100.0 * done / total),
         "eta": (total - done) / rate if rate > 0 else None,
     }

@@ -39,6 +39,8 @@ def work_fingerprint(source_identity: dict, tok_cfg: tokenization.TokenizerConfi
         "tokenizer": tok_cfg.fingerprint(),
         "append_eod": spec.append_eod,
     }
+    if spec.keep_shards:  # same tokens, other files: a blend of N shard datasets
+        doc["layout"] = {"keep_shards": spec.shards}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -125,15 +127,13 @@ def read_manifest(prefix: Path) -> dict | None:
 
 def outputs_intact(prefix: Path, manifest: dict) -> bool:
     """The published files still match the manifest's sizes (a cheap check before reuse)."""
-    for o in manifest.get("outputs", []):
-        base = prefix.parent / o["prefix"]
-        try:
-            if (os.path.getsize(f"{base}.bin") != o["bin_bytes"]
-                    or os.path.getsize(f"{base}.idx") != o["idx_bytes"]):
-                return False
-        except OSError:
-            return False
-    return bool(manifest.get("outputs"))
+    outputs = manifest.get("outputs") or []
+    if manifest.get("layout") == "shards":
+        return bool(outputs) and all(
+            (prefix.parent / o.get("blend_file", "")).is_file()
+            and pipeline.files_intact(prefix.parent, o.get("shards") or [])
+            for o in outputs)
+    return bool(outputs) and pipeline.files_intact(prefix.parent, outputs)
 
 
 def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | None = None,
@@ -142,7 +142,8 @@ def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | No
     """Do the job; returns a result dict (the manifest plus ``reused``/paths facts).
 
     ``mode``: ``all`` (plan, tokenize, assemble, publish), ``shard`` (tokenize slice ``shard_index``
-    of ``spec.shards``; publish nothing) or ``merge`` (assemble and publish after every shard).
+    of ``spec.shards``; with ``keepShards`` publish it as its own dataset, else publish nothing) or
+    ``merge`` (after every shard: assemble and publish, or with ``keepShards`` write the blend list).
     """
     volumes = {k: Path(v) for k, v in volumes.items()}
     out_root = _volume(volumes, spec.output.claim_name, spec.output.claim_name, "output")
@@ -154,7 +155,10 @@ def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | No
         hub.preflight(spec, token, cache_dir=out_root / STATE_DIR / "hub-cache",
                       tokenizer_dir=out_root / STATE_DIR / "tokenizers")
     tok_cfg, tok_path = resolve_tokenizer(spec, volumes, token, log)
-    inputs, identity = resolve_inputs(spec, volumes, token, log, content_hash=mode != "shard")
+    keep = spec.shards if spec.keep_shards else 0
+    # Shard pods, and every step of a kept-shards run, identify files on a volume by path, size and
+    # mtime: a content hash would read the whole input once more.
+    inputs, identity = resolve_inputs(spec, volumes, token, log, content_hash=mode != "shard" and not keep)
     fingerprint = work_fingerprint(identity, tok_cfg, spec)
     existing = read_manifest(prefix) if mode != "shard" else None
     if existing and existing.get("fingerprint") == fingerprint and outputs_intact(prefix, existing):
@@ -170,7 +174,7 @@ def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | No
         chunk_bytes=int(float(chunk_mib) * 2**20) if chunk_mib else None,
         inputs=inputs if isinstance(inputs, list) else [], output_prefix=os.fspath(prefix), tokenizer=tok_cfg, keys=tuple(spec.source.text_keys),
         append_eod=spec.append_eod, workers=workers or spec.workers, overwrite=True, progress=progress,
-        input_sha256=identity.get("sha256"),
+        input_sha256=identity.get("sha256"), keep_shards=keep,
         manifest_extra={"fingerprint": fingerprint, "source": identity,
                         "tokenizer_file": os.path.relpath(tok_path, out_root) if tok_path else None},
     )
@@ -184,11 +188,48 @@ def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | No
         if shard_index is None or not 0 <= shard_index < spec.shards:
             raise BinarizeError(f"shard index {shard_index} is outside 0..{spec.shards - 1}")
         info = pipeline.run(req, shard=(shard_index, spec.shards))
-        log(f"shard {shard_index}/{spec.shards}: {info['chunks']} chunks ({info['chunks_reused']} reused from "
-            f"an earlier attempt), {info['documents']:,} documents")
+        if info.get("already_published"):
+            log(f"shard {shard_index}/{spec.shards}: already published by an earlier attempt, nothing to do")
+        else:
+            log(f"shard {shard_index}/{spec.shards}: {info['chunks']} chunks ({info['chunks_reused']} reused from "
+                f"an earlier attempt), {info['documents']:,} documents"
+                + (f", published as {pipeline.shard_prefix(os.fspath(prefix), shard_index)}_*" if keep else ""))
         return {"ok": True, "reused": False, "fingerprint": fingerprint, **info}
+    if mode == "all" and keep:  # one machine does every shard in turn, then the blend list
+        _, chunks = pipeline.plan(req)
+        offsets = {"bytes_done": 0, "documents": 0, "tokens": 0, "chunks_done": 0, "chunks_reused": 0}
+        started = None
+
+        def overall(stats: dict) -> None:  # one bar for the whole run, not one per shard
+            nonlocal started
+            started = started or stats["started"]
+            if progress is not None:
+                progress({**stats, **{k: stats[k] + v for k, v in offsets.items()}, "started": started,
+                          "bytes_total": sum(c.size for c in chunks), "chunks_total": len(chunks)})
+
+        for i in range(spec.shards):
+            last: dict = {}
+            req.progress = lambda st: (last.update(st), overall(st))
+            pipeline.run(req, shard=(i, spec.shards))
+            for k in offsets:
+                offsets[k] += last.get(k, 0)
+        req.progress = progress
+        mode = "merge"
     manifest = pipeline.finish(req) if mode == "merge" else pipeline.run(req)
     return _result(manifest, prefix, out_root, tok_path, reused=False)
+
+
+def delete_output(spec: DatasetPrepSpec, volumes: dict[str, Path], log: Callable[[str], None] = lambda m: None) -> dict:
+    """Delete this spec's published dataset and unfinished work (``spec.deleteDataOnDelete``)."""
+    volumes = {k: Path(v) for k, v in volumes.items()}
+    out_root = _volume(volumes, spec.output.claim_name, spec.output.claim_name, "output")
+    prefix = out_root / spec.output.prefix
+    if not prefix.parent.is_dir():
+        log(f"{prefix.parent} does not exist: nothing to delete")
+        return {"ok": True, "deleted_files": 0, "deleted_bytes": 0}
+    removed = pipeline.remove_output(os.fspath(prefix), spec.source.text_keys)
+    log(f"deleted {removed['files']} files ({removed['bytes']:,} bytes) of {prefix}")
+    return {"ok": True, "deleted_files": removed["files"], "deleted_bytes": removed["bytes"]}
 
 
 def _result(manifest: dict, prefix: Path, out_root: Path, tok_path: Path | None, reused: bool) -> dict:
@@ -199,17 +240,27 @@ def _result(manifest: dict, prefix: Path, out_root: Path, tok_path: Path | None,
             rel_tok = os.path.relpath(tok_path, out_root)
         except ValueError:
             rel_tok = os.fspath(tok_path)
+    def rel(name: str) -> str:
+        return os.path.relpath(prefix.parent / name, out_root)
+
+    outputs = []
+    for o in manifest["outputs"]:
+        entry = {"key": o["key"], "prefix": rel(o["prefix"]), "documents": o["documents"],
+                 "sequences": o["sequences"], "tokens": o["tokens"], "dtype": o["dtype"]}
+        if manifest.get("layout") == "shards":
+            # shard i is ``{prefix}_shard{i:05d}_{key}_document``; an empty one has weight 0 and is
+            # left out of the blend list
+            entry.update({"blend_file": rel(o["blend_file"]), "shards": len(o["shards"]),
+                          "blend_weights": [s["tokens"] if s["sequences"] else 0 for s in o["shards"]]})
+        else:
+            entry.update({"bin_sha256": o["bin_sha256"], "idx_sha256": o["idx_sha256"]})
+        outputs.append(entry)
     return {
         "ok": True,
         "reused": reused,
         "fingerprint": manifest.get("fingerprint"),
         "resolved_revision": (manifest.get("source") or {}).get("revision"),
-        "outputs": [
-            {"key": o["key"], "prefix": os.path.relpath(prefix.parent / o["prefix"], out_root),
-             "documents": o["documents"], "sequences": o["sequences"], "tokens": o["tokens"],
-             "dtype": o["dtype"], "bin_sha256": o["bin_sha256"], "idx_sha256": o["idx_sha256"]}
-            for o in manifest["outputs"]
-        ],
+        "outputs": outputs,
         "tokenizer": {"type": tok["type"], "path": rel_tok, "vocab_size": tok["vocab_size"], "eod_id": tok["eod_id"]},
         "manifest": manifest,
     }

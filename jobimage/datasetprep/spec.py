@@ -318,6 +318,14 @@ class DatasetPrepSpec(_Model):
     parallelism: int | None = Field(
         default=None, description="How many shard pods run at once. Defaults to `shards`.", ge=1, le=10000
     )
+    keep_shards: bool = Field(
+        default=False,
+        description="With `shards` > 1: skip the merge. Each shard pod publishes its own dataset "
+        "`{prefix}_shard{i:05d}_{key}_document`, and the last step writes the blend list "
+        "`{prefix}_{key}_document.blend.txt` (`tokens prefix` per shard, for Megatron-LM's `--data-args-path`); "
+        "the training ConfigMap names the blend instead of one prefix. Same tokens, no final copy of the "
+        "whole dataset; the sample order then comes from Megatron's blending, not from one file.",
+    )
     resources: ResourcesSpec | None = Field(default=None, description="Resources of each job pod.")
     hf_token_secret_ref: SecretKeyRef | None = Field(
         default=None,
@@ -329,8 +337,9 @@ class DatasetPrepSpec(_Model):
     )
     delete_data_on_delete: bool = Field(
         default=False,
-        description="Delete the dataset files when the DatasetPrep is deleted. By default the data "
-        "is kept.",
+        description="Delete the dataset files when the DatasetPrep is deleted: a finalizer holds the resource "
+        "while a clean-up Job removes what the output's manifests list (never inputs, tokenizers or other "
+        "files). The data is kept when another DatasetPrep reuses it. By default the data is kept.",
     )
     backoff_limit: int = Field(
         default=2, description="Retries of a failed job pod (per shard index when `shards` > 1).", ge=0, le=100
@@ -351,6 +360,9 @@ class DatasetPrepSpec(_Model):
     def _cross(self) -> "DatasetPrepSpec":
         if self.parallelism is not None and self.parallelism > self.shards:
             raise ValueError(f"parallelism ({self.parallelism}) cannot exceed shards ({self.shards})")
+        if self.keep_shards and self.shards < 2:
+            raise ValueError("keepShards needs shards > 1 (with one shard there is nothing to merge): "
+                             "set shards, or drop keepShards")
         return self
 
 
@@ -383,14 +395,22 @@ class OutputStatus(_Model):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
-    prefix: str | None = Field(default=None, description="Dataset path prefix as the training pods see it.")
+    layout: Literal["Merged", "Shards"] | None = Field(
+        default=None, description="`Merged`: one dataset per text key. `Shards` (`spec.keepShards`): one dataset "
+        "per shard and text key, listed in a blend file.")
+    prefix: str | None = Field(
+        default=None, description="Dataset path prefix as the training pods see it (layout `Merged`).")
+    blend_file: str | None = Field(
+        default=None, description="Blend list of the shard datasets, as the training pods see it (layout "
+        "`Shards`): `tokens prefix` pairs, for Megatron-LM's `--data-args-path`.")
     claim_name: str | None = Field(default=None, description="Claim that holds it.")
     documents: int | None = Field(default=None, description="Documents.")
     sequences: int | None = Field(default=None, description="Sequences.")
     tokens: int | None = Field(default=None, description="Tokens, EOD included.")
     dtype: str | None = Field(default=None, description="Token dtype (`uint16` or `int32`).")
     files: list[dict[str, Any]] | None = Field(
-        default=None, description="One entry per text key: prefix, counts and sha256 of `.bin` and `.idx`."
+        default=None, description="One entry per text key: prefix, counts and sha256 of `.bin` and `.idx`; with "
+        "kept shards: blend file, shards and each shard's tokens (`shardTokens`, when the job could report them)."
     )
     fingerprint: str | None = Field(default=None, description="Content fingerprint of the work.")
     reused: bool | None = Field(default=None, description="True when an earlier identical output was reused.")

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from datasetprep.pipeline import FORMAT_VERSION
+from datasetprep.pipeline import FORMAT_VERSION, shard_prefix
 from datasetprep.spec import DatasetPrepSpec, parse_spec
 
 from datasetprep_operator.config import OperatorConfig
@@ -33,6 +33,9 @@ CONTAINER_NAME = "datasetprep"
 JOB_COMMAND = ["datasetprep", "job"]
 MERGE_COMMAND = ["datasetprep", "job", "--merge"]
 MERGE_SUFFIX = "-merge"
+DELETE_DATA_COMMAND = ["datasetprep", "job", "--delete-data"]
+DELETE_DATA_SUFFIX = "delete-data"
+DELETE_DATA_COMPONENT = "delete-data"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 RUN_AS_ID = 65532
 CLAIMS_ROOT = "/mnt/claims"
@@ -83,6 +86,11 @@ def merge_job_name(parent: str, digest: str) -> str:
     return job_name(parent, digest + MERGE_SUFFIX)
 
 
+def delete_data_job_name(parent: str) -> str:
+    """``<parent>-delete-data``: the clean-up Job of ``spec.deleteDataOnDelete``."""
+    return job_name(parent, DELETE_DATA_SUFFIX)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunJobs:
     """The Jobs of one run: ``main`` (the only one, or the Indexed shard Job) and ``merge`` (sharded only)."""
@@ -106,7 +114,8 @@ def reuse_key(spec: DatasetPrepSpec) -> str:
     It covers the source (Hub repo, revision, subset, split and data files; or the files' claim and
     paths), the text keys, the tokenizer spec, ``appendEod``, the output claim and the engine's format
     version -- not the output prefix, the mount path, workers, shards or resources, which change where
-    or how fast, not what. A Hub revision is taken as written (a branch is not resolved here) and files
+    or how fast, not what. With ``keepShards`` the layout (N shard datasets and a blend list) is part
+    of it: such an output is never handed to a resource that expects one merged dataset, or back. A Hub revision is taken as written (a branch is not resolved here) and files
     on a volume are trusted not to have changed; ``spec.reuse: Never`` opts out.
     """
     out_claim = spec.output.claim_name
@@ -122,6 +131,8 @@ def reuse_key(spec: DatasetPrepSpec) -> str:
         tok["path"]["claimName"] = spec.tokenizer.path.claim_name or out_claim
     doc = {"formatVersion": FORMAT_VERSION, "source": source, "textKeys": list(src.text_keys), "tokenizer": tok,
            "appendEod": spec.append_eod, "claimName": out_claim}
+    if spec.keep_shards:  # the same tokens as N shard datasets and a blend list: other files to point at
+        doc["keepShards"] = spec.shards
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:REUSE_KEY_LEN]
 
@@ -221,6 +232,7 @@ def build_job(
     config: OperatorConfig,
     indexed: bool = False,
     merge: bool = False,
+    delete_data: bool = False,
 ) -> dict[str, Any]:
     """The Job that runs ``datasetprep job`` for one spec version.
 
@@ -235,23 +247,38 @@ def build_job(
             index and no failed index tolerated.
         merge: stage 2 of a sharded run: one pod running ``datasetprep job --merge``, which checks
             every shard's chunks and assembles and publishes the output (``<parent>-<hash>-merge``).
+        delete_data: the clean-up when the DatasetPrep is deleted with ``spec.deleteDataOnDelete``:
+            one pod running ``datasetprep job --delete-data`` (``<parent>-delete-data``), without the
+            HF token (nothing is downloaded; its Secret may be gone already).
 
     Returns:
         The manifest, without owner references (the caller adopts it).
     """
-    if indexed and merge:
-        raise ValueError("a Job is either the shards' (indexed) or the merge")
+    if indexed + merge + delete_data > 1:
+        raise ValueError("a Job is one of: the shards' (indexed), the merge, the data clean-up")
     digest = spec_hash(spec)
-    name = merge_job_name(parent, digest) if merge else job_name(parent, digest)
-    labels = child_labels(parent_uid, digest) | {LABEL_COMPONENT: "merge" if merge else "job"}
+    if delete_data:
+        name, component, command = delete_data_job_name(parent), DELETE_DATA_COMPONENT, DELETE_DATA_COMMAND
+    elif merge:
+        name, component, command = merge_job_name(parent, digest), "merge", MERGE_COMMAND
+    else:
+        name, component, command = job_name(parent, digest), "job", JOB_COMMAND
+    labels = child_labels(parent_uid, digest) | {LABEL_COMPONENT: component}
+    env = job_env(spec, parent=parent, namespace=namespace, extra=config.job_env)
     pod_sc, container_sc = restricted_security_context()
     mounts = claim_mounts(spec)
+    if delete_data:  # only the output claim: input claims may be gone by now, and are not touched
+        mounts = mounts[:1]
+        env = [e for e in env if e["name"] != "HF_TOKEN"]
+        for e in env:
+            if e["name"] == "DATASETPREP_VOLUMES":
+                e["value"] = compact_json({m.claim: m.mount_path for m in mounts})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or config.job_image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": list(MERGE_COMMAND if merge else JOB_COMMAND),
-        "env": job_env(spec, parent=parent, namespace=namespace, extra=config.job_env),
+        "command": list(command),
+        "env": env,
         "securityContext": container_sc,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -321,6 +348,15 @@ class OutputFile:
     dtype: str | None = None
     bin_sha256: str | None = None
     idx_sha256: str | None = None
+    #: kept shards (``spec.keepShards``): the blend list file, the number of shards and, when the
+    #: termination message had room for them, each shard's weight (its tokens; 0 = empty, not listed)
+    blend_file: str | None = None
+    shards: int | None = None
+    blend_weights: tuple[int, ...] | None = None
+
+    @property
+    def kept_shards(self) -> bool:
+        return self.blend_file is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,7 +419,8 @@ def _success(data: Mapping[str, Any]) -> JobResult:
             key=item["key"], prefix=item["prefix"], documents=_int(item.get("documents")),
             sequences=_int(item.get("sequences")), tokens=_int(item.get("tokens")),
             dtype=_str(item.get("dtype")), bin_sha256=_str(item.get("bin_sha256")),
-            idx_sha256=_str(item.get("idx_sha256")),
+            idx_sha256=_str(item.get("idx_sha256")), blend_file=_str(item.get("blend_file")),
+            shards=_int(item.get("shards")), blend_weights=_weights(item.get("blend_weights"), _int(item.get("shards"))),
         ))
     tok = data.get("tokenizer") if isinstance(data.get("tokenizer"), dict) else {}
     return JobResult(
@@ -392,6 +429,15 @@ def _success(data: Mapping[str, Any]) -> JobResult:
         fingerprint=_str(data.get("fingerprint")), resolved_revision=_str(data.get("resolved_revision")),
         reused=data.get("reused") if isinstance(data.get("reused"), bool) else None,
     )
+
+
+def _weights(value: Any, shards: int | None) -> tuple[int, ...] | None:
+    """Per-shard weights, if well-formed (one non-negative int per shard)."""
+    if not isinstance(value, list) or shards is None or len(value) != shards:
+        return None
+    if not all(_int(v) is not None and v >= 0 for v in value):
+        return None
+    return tuple(value)
 
 
 def _int(value: Any) -> int | None:
@@ -423,6 +469,28 @@ def dataset_prefix(spec: DatasetPrepSpec, result: JobResult) -> str:
     return pod_path(spec, first.prefix)
 
 
+def shard_dataset_prefix(spec: DatasetPrepSpec, output: OutputFile, index: int) -> str:
+    """Shard ``index``'s own dataset of ``output``'s key (kept shards), at the mount path.
+
+    Named after the output the job reported (``{prefix}_{key}_document``), not after this spec's
+    prefix: a reused output lives under its maker's prefix.
+    """
+    base = output.prefix.removesuffix(f"_{output.key}_document")
+    return pod_path(spec, f"{shard_prefix(base, index)}_{output.key}_document")
+
+
+def blend_list(spec: DatasetPrepSpec, output: OutputFile) -> list[str] | None:
+    """``[weight, prefix, weight, prefix, ...]`` of kept shards (weights = tokens, empty shards left out),
+    as Megatron-LM's ``--data-path`` and NeMo's ``paths`` take it; None when the weights are unknown."""
+    if output.blend_weights is None:
+        return None
+    items: list[str] = []
+    for i, w in enumerate(output.blend_weights):
+        if w:
+            items += [str(w), shard_dataset_prefix(spec, output, i)]
+    return items
+
+
 def tokenizer_file(spec: DatasetPrepSpec, result: JobResult) -> str | None:
     """The tokenizer file at the mount path, or None (null tokenizer).
 
@@ -446,37 +514,24 @@ def training_config_data(spec: DatasetPrepSpec, result: JobResult) -> dict[str, 
     * ``nemo2-data.yaml`` -- arguments of NeMo 2's ``PreTrainingDataModule``.
     * ``claimName`` / ``mountPath`` -- where to mount the data.
     """
-    prefix = dataset_prefix(spec, result)
     tok_path = tokenizer_file(spec, result)
     tok_type = result.tokenizer_type or spec.tokenizer.type
     vocab = result.vocab_size if result.vocab_size is not None else spec.tokenizer.vocab_size
+    first = result.outputs[0]
+    if first.kept_shards:
+        return _kept_shards_config(spec, result, first, tok_path, tok_type, vocab)
+    prefix = dataset_prefix(spec, result)
 
     config = ["training:", "  data:", f"    dataset_path: {_yaml_str(prefix)}"]
     if tok_path is not None:
         config.append(f"    tokenizer_path: {_yaml_str(tok_path)}")
 
-    args = ["--data-path", prefix, "--tokenizer-type", MEGATRON_TOKENIZER.get(tok_type, tok_type)]
-    if tok_path is not None:
-        args += ["--tokenizer-model", tok_path]
-    if tok_type == "null" and vocab is not None:
-        args += ["--vocab-size", str(vocab)]
+    args = ["--data-path", prefix] + _tokenizer_args(tok_type, tok_path, vocab)
+    nemo = _NEMO_HEADER + ["paths:", f"  - {_yaml_str(prefix)}"] + _nemo_tokenizer(tok_type, tok_path, vocab)
+    return _config_data(spec, config, args, nemo)
 
-    nemo = [
-        "# NeMo 2: nemo.collections.llm.gpt.data.PreTrainingDataModule(paths=..., seq_length=..., tokenizer=...)",
-        "# with the tokenizer from nemo.collections.nlp.modules.common.tokenizer_utils.get_nmt_tokenizer(**tokenizer).",
-        "# seq_length is not a property of the data: set it to the model's context length, e.g.",
-        "# seq_length: 8192",
-        "paths:",
-        f"  - {_yaml_str(prefix)}",
-        "tokenizer:",
-        f"  library: {_yaml_str(NEMO_LIBRARY.get(tok_type, tok_type))}",
-    ]
-    if tok_path is not None:
-        key = "model_name" if tok_type == "huggingface" else "tokenizer_model"
-        nemo.append(f"  {key}: {_yaml_str(tok_path)}")
-    if tok_type == "null" and vocab is not None:
-        nemo.append(f"  vocab_size: {vocab}")
 
+def _config_data(spec: DatasetPrepSpec, config: list[str], args: list[str], nemo: list[str]) -> dict[str, str]:
     return {
         "config.yaml": "\n".join(config) + "\n",
         "megatron-args.txt": " ".join(args) + "\n",
@@ -484,6 +539,65 @@ def training_config_data(spec: DatasetPrepSpec, result: JobResult) -> dict[str, 
         "claimName": spec.output.claim_name,
         "mountPath": spec.output.mount_path,
     }
+
+
+_NEMO_HEADER = [
+    "# NeMo 2: nemo.collections.llm.gpt.data.PreTrainingDataModule(paths=..., seq_length=..., tokenizer=...)",
+    "# with the tokenizer from nemo.collections.nlp.modules.common.tokenizer_utils.get_nmt_tokenizer(**tokenizer).",
+    "# seq_length is not a property of the data: set it to the model's context length, e.g.",
+    "# seq_length: 8192",
+]
+
+
+def _kept_shards_config(spec: DatasetPrepSpec, result: JobResult, first: OutputFile, tok_path: str | None,
+                        tok_type: str, vocab: int | None) -> dict[str, str]:
+    """The training ConfigMap's data for kept shards: the blend of the shard datasets.
+
+    Megatron-LM reads the blend list file on the volume (``--data-args-path``), whatever the number
+    of shards. ``config.yaml`` and NeMo's ``paths`` list the blend inline when the job reported the
+    weights (it does while they fit in its 4 KiB termination message, a few hundred shards);
+    beyond that they name the file, which holds the same list.
+    """
+    blend_file = pod_path(spec, first.blend_file or "")
+    items = blend_list(spec, first)
+    config = ["training:", "  data:"]
+    if items is not None:
+        config.append("    # weights (tokens) and shard dataset prefixes, as NeMo's data_prefix takes a blend")
+        config.append("    dataset_path: [" + ", ".join(
+            w if n % 2 == 0 else _yaml_str(w) for n, w in enumerate(items)) + "]")
+    config.append(f"    data_args_path: {_yaml_str(blend_file)}")
+    if tok_path is not None:
+        config.append(f"    tokenizer_path: {_yaml_str(tok_path)}")
+
+    args = ["--data-args-path", blend_file] + _tokenizer_args(tok_type, tok_path, vocab)
+    nemo = list(_NEMO_HEADER)
+    if items is not None:
+        nemo += [f"# a blend of {first.shards} shard datasets, weighted by their tokens", "paths:"]
+        nemo += [f"  - {_yaml_str(w)}" for w in items]
+    else:
+        nemo += [f"# a blend of {first.shards} shard datasets: too many to list here. The weight/prefix list is",
+                 f"# {blend_file}: paths = open(that file).read().split()"]
+    nemo += _nemo_tokenizer(tok_type, tok_path, vocab)
+    return _config_data(spec, config, args, nemo)
+
+
+def _tokenizer_args(tok_type: str, tok_path: str | None, vocab: int | None) -> list[str]:
+    args = ["--tokenizer-type", MEGATRON_TOKENIZER.get(tok_type, tok_type)]
+    if tok_path is not None:
+        args += ["--tokenizer-model", tok_path]
+    if tok_type == "null" and vocab is not None:
+        args += ["--vocab-size", str(vocab)]
+    return args
+
+
+def _nemo_tokenizer(tok_type: str, tok_path: str | None, vocab: int | None) -> list[str]:
+    nemo = ["tokenizer:", f"  library: {_yaml_str(NEMO_LIBRARY.get(tok_type, tok_type))}"]
+    if tok_path is not None:
+        key = "model_name" if tok_type == "huggingface" else "tokenizer_model"
+        nemo.append(f"  {key}: {_yaml_str(tok_path)}")
+    if tok_type == "null" and vocab is not None:
+        nemo.append(f"  vocab_size: {vocab}")
+    return nemo
 
 
 def _yaml_str(value: str) -> str:
@@ -517,12 +631,16 @@ def output_status(spec: DatasetPrepSpec, result: JobResult, *, reused_from: str 
     first = result.outputs[0]
     files = []
     for f in result.outputs:
-        entry = {"key": f.key, "prefix": pod_path(spec, f.prefix), "documents": f.documents,
-                 "sequences": f.sequences, "tokens": f.tokens, "dtype": f.dtype,
-                 "binSha256": f.bin_sha256, "idxSha256": f.idx_sha256}
+        entry = {"key": f.key, "prefix": None if f.kept_shards else pod_path(spec, f.prefix),
+                 "documents": f.documents, "sequences": f.sequences, "tokens": f.tokens, "dtype": f.dtype,
+                 "binSha256": f.bin_sha256, "idxSha256": f.idx_sha256,
+                 "blendFile": pod_path(spec, f.blend_file) if f.blend_file else None, "shards": f.shards,
+                 "shardTokens": list(f.blend_weights) if f.blend_weights is not None else None}
         files.append({k: v for k, v in entry.items() if v is not None})
     out = {
-        "prefix": dataset_prefix(spec, result),
+        "layout": "Shards" if first.kept_shards else "Merged",
+        "prefix": None if first.kept_shards else dataset_prefix(spec, result),
+        "blendFile": pod_path(spec, first.blend_file) if first.blend_file else None,
         "claimName": spec.output.claim_name,
         "documents": first.documents,
         "sequences": _sum(f.sequences for f in result.outputs),
@@ -560,7 +678,7 @@ def reusable_key(body: Mapping[str, Any]) -> str | None:
     ready = [c for c in status.get("conditions") or () if c.get("type") == "Ready"]
     if not ready or ready[0].get("status") != "True" or ready[0].get("observedGeneration") != generation:
         return None
-    if not (output.get("files") and output.get("tokenizer") and output.get("prefix")):
+    if not (output.get("files") and output.get("tokenizer") and (output.get("prefix") or output.get("blendFile"))):
         return None
     key = status.get("reuseKey")
     return key if isinstance(key, str) and key else None
@@ -582,10 +700,20 @@ def reused_result(source: Mapping[str, Any]) -> JobResult | None:
         def on_volume(path: str) -> str:
             return posixpath.relpath(path, mount)
 
-        files = tuple(OutputFile(
-            key=f["key"], prefix=on_volume(f["prefix"]), documents=_int(f.get("documents")),
-            sequences=_int(f.get("sequences")), tokens=_int(f.get("tokens")), dtype=_str(f.get("dtype")),
-            bin_sha256=_str(f.get("binSha256")), idx_sha256=_str(f.get("idxSha256"))) for f in output["files"])
+        def entry(f: Mapping[str, Any]) -> OutputFile:
+            if f.get("blendFile"):  # kept shards: the prefix is a name, not a file
+                blend = on_volume(f["blendFile"])
+                return OutputFile(
+                    key=f["key"], prefix=blend.removesuffix(".blend.txt"), documents=_int(f.get("documents")),
+                    sequences=_int(f.get("sequences")), tokens=_int(f.get("tokens")), dtype=_str(f.get("dtype")),
+                    blend_file=blend, shards=_int(f.get("shards")),
+                    blend_weights=_weights(f.get("shardTokens"), _int(f.get("shards"))))
+            return OutputFile(
+                key=f["key"], prefix=on_volume(f["prefix"]), documents=_int(f.get("documents")),
+                sequences=_int(f.get("sequences")), tokens=_int(f.get("tokens")), dtype=_str(f.get("dtype")),
+                bin_sha256=_str(f.get("binSha256")), idx_sha256=_str(f.get("idxSha256")))
+
+        files = tuple(entry(f) for f in output["files"])
         tok = output.get("tokenizer") or {}
         return JobResult(
             ok=True, outputs=files, tokenizer_type=_str(tok.get("type")),
@@ -606,7 +734,8 @@ def success_message(result: JobResult) -> str:
     """One line for the Ready condition and the event."""
     first = result.outputs[0]
     tokens = _sum(f.tokens for f in result.outputs)
-    files = ", ".join(f"{f.prefix}.bin/.idx" for f in result.outputs)
+    files = ", ".join(f"{f.shards} shard datasets listed in {f.blend_file}" if f.kept_shards
+                      else f"{f.prefix}.bin/.idx" for f in result.outputs)
     docs = "?" if first.documents is None else f"{first.documents:,}"
     toks = "?" if tokens is None else f"{tokens:,}"
     return f"{docs} documents, {toks} tokens written to {files}"

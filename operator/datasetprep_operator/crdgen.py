@@ -50,6 +50,8 @@ RULES: dict[str, list[dict[str, str]]] = {
     "spec": [
         {"rule": "!has(self.parallelism) || self.parallelism <= (has(self.shards) ? self.shards : 1)",
          "message": "parallelism cannot exceed shards", "fieldPath": ".parallelism"},
+        {"rule": "!has(self.keepShards) || !self.keepShards || (has(self.shards) && self.shards > 1)",
+         "message": "keepShards needs shards > 1", "fieldPath": ".keepShards"},
     ],
     "spec.source": [
         {"rule": "has(self.hub) != has(self.files)", "message": "source must set exactly one of `hub` or `files`"},

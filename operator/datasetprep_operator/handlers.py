@@ -10,6 +10,8 @@ every function only unpacks kopf's kwargs and calls into ``runtime`` (which call
 * ``datasetprep_outputs`` -- Ready DatasetPreps by reuse key: where ``spec.reuse: IfIdentical`` finds
   an identical output to point at instead of launching a Job.
 * ``reconcile_datasetprep`` -- on create, on resume (operator start) and on spec change.
+* ``delete_datasetprep`` -- only for resources with ``spec.deleteDataOnDelete`` (only they get kopf's
+  finalizer): stops the run and deletes the dataset before the resource goes.
 * ``watch_run`` -- every few seconds while a run is unfinished: notices a Job finishing (and starts
   the merge Job of a sharded run), folds the pods' progress into status.
 * ``datasetprep_phases`` -- an index of DatasetPreps by phase, counted by the metrics.
@@ -66,6 +68,11 @@ def datasetprep_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: 
 def reconcile_datasetprep(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, datasetprep_jobs: kopf.Index,
                           datasetprep_pods: kopf.Index, datasetprep_outputs: kopf.Index, **_: Any) -> None:
     runtime.handle(memo.runtime, body, patch, datasetprep_jobs, datasetprep_pods, datasetprep_outputs)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=lambda spec, **_: bool(spec.get("deleteDataOnDelete")))
+def delete_datasetprep(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    runtime.handle_delete(memo.runtime, body)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=POLL_SECONDS,

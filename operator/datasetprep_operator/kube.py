@@ -85,6 +85,11 @@ class Kube:
                 return None
             raise
 
+    def list_datasetpreps(self, namespace: str) -> list[dict[str, Any]]:
+        """Every DatasetPrep of the namespace."""
+        resp = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _preload_content=False)
+        return self._json(resp).get("items", [])
+
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Job, or None if there is none."""
         try:

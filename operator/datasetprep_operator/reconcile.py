@@ -254,10 +254,6 @@ def _run(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs: b
         if created:
             what = f"Indexed Job {jobs.main} ({spec.shards} shards)" if jobs.merge else f"Job {jobs.main}"
             events.append(Event("Normal", "JobCreated", f"Created {what}"))
-        if spec.delete_data_on_delete:
-            events.append(Event("Warning", "DeleteDataUnsupported",
-                                "spec.deleteDataOnDelete is not supported yet: the data will be kept when "
-                                "this DatasetPrep is deleted"))
     if job is not None:
         if not _owned_by(job, res.uid):
             return _job_conflict(res, ctx, jobs.main, events)
@@ -277,7 +273,9 @@ def _run(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs: b
             if created:
                 events.append(Event("Normal", "MergeJobCreated",
                                     f"All {spec.shards} shards of Job {jobs.main} are done; created Job "
-                                    f"{jobs.merge} to assemble and publish the output"))
+                                    f"{jobs.merge} to "
+                                    + ("check the shard datasets and write their blend list" if spec.keep_shards
+                                       else "assemble and publish the output")))
     if jobs.merge is None or merge is None:  # unreachable: each path above returned or has the merge Job
         raise kopf.TemporaryError(f"no Job found or created for {jobs.main}", delay=1)
     if not _owned_by(merge, res.uid):
@@ -288,6 +286,83 @@ def _run(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs: b
     if state == "failed":
         return _job_failed(res, ctx, merge, jobs.merge, events)
     return _job_succeeded(res, ctx, spec, merge, jobs.merge, events, keep=jobs.names)
+
+
+def delete_data(res: Resource, ctx: Context) -> Outcome:
+    """``spec.deleteDataOnDelete``: the DatasetPrep is being deleted; delete its dataset first.
+
+    Its run Jobs are stopped (and their pods gone) before a clean-up Job ``<name>-delete-data``
+    deletes the files its manifests list. The data is kept, with a Warning event, when it is not this
+    resource's to delete: another DatasetPrep points at it (``reusedFrom``), or this one itself only
+    reused another's output. A clean-up that fails is reported and the deletion goes on (a
+    finalizer must not hold the resource forever). ``error`` is a TemporaryError while waiting.
+    """
+    try:
+        spec = parse_spec(dict(res.spec))
+    except ValidationError:
+        return Outcome()
+    if not spec.delete_data_on_delete:
+        return Outcome()
+    where = f"{spec.output.claim_name}:{spec.output.prefix}"
+    own_origin = (res.status.get("output") or {}).get("reusedFrom")
+    if own_origin:
+        return Outcome(events=[Event("Warning", "DataKept", f"The data at {where} was made by DatasetPrep "
+                                     f"{own_origin} and only reused here; it is kept")])
+    with translate_api_errors("listing DatasetPreps"):
+        users = sorted(d["metadata"]["name"] for d in ctx.kube.list_datasetpreps(res.namespace)
+                       if ((d.get("status") or {}).get("output") or {}).get("reusedFrom") == res.name
+                       and d["metadata"].get("uid") != res.uid)
+    if users:
+        return Outcome(events=[Event("Warning", "DataKept", f"The data at {where} is kept: DatasetPrep "
+                                     f"{', '.join(users)} still use{'s' if len(users) == 1 else ''} it")])
+    name = builders.delete_data_job_name(res.name)
+    owned = {builders.LABEL_OWNER_UID: res.uid}
+    with translate_api_errors("listing this DatasetPrep's Jobs and pods"):
+        runs = [j for j in ctx.kube.list_jobs(res.namespace, owned) if j["metadata"]["name"] != name]
+        for job in runs:
+            ctx.kube.delete_job(res.namespace, job["metadata"]["name"])
+        busy = [p for p in ctx.kube.list_pods(res.namespace, owned)
+                if (p["metadata"].get("labels") or {}).get(builders.LABEL_COMPONENT) != builders.DELETE_DATA_COMPONENT]
+    if runs or busy:
+        return Outcome(error=kopf.TemporaryError("waiting for the job pods to stop before deleting the data", delay=2))
+    with translate_api_errors(f"reading PersistentVolumeClaim {spec.output.claim_name}"):
+        claim = ctx.kube.get_pvc(res.namespace, spec.output.claim_name)
+    if claim is None:
+        return Outcome(events=[Event("Warning", "DataKept", f"Claim {spec.output.claim_name} is gone: "
+                                     "no data to delete")])
+    with translate_api_errors(f"reading Job {name}"):
+        job = ctx.kube.get_job(res.namespace, name)
+    if job is None:
+        manifest = builders.build_job(spec, parent=res.name, namespace=res.namespace, parent_uid=res.uid,
+                                      config=ctx.config, delete_data=True)
+        with translate_api_errors(f"creating Job {name}"):
+            try:
+                ctx.kube.create_job(res.namespace, manifest)
+            except Exception as exc:  # 409: a retry of ours was first
+                if getattr(exc, "status", None) != 409:
+                    raise
+        return Outcome(events=[Event("Normal", "DeletingData", f"Created Job {name} to delete the data at {where}")],
+                       error=kopf.TemporaryError(f"Job {name} is deleting the data", delay=2))
+    state = job_state(job)
+    if state == "running":
+        return Outcome(error=kopf.TemporaryError(f"Job {name} is deleting the data", delay=2))
+    pods = _pods(ctx, res.namespace, job)
+    with translate_api_errors(f"deleting Job {name}"):
+        ctx.kube.delete_job(res.namespace, name)
+    if state == "failed":
+        failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+        error = builders.parse_termination_message(
+            _terminated(max(failed, key=_culprit_key)).get("message") if failed else None).error
+        return Outcome(events=[Event("Warning", "DeleteDataFailed",
+                                     f"Job {name} could not delete the data at {where}: {error}; it is left there")])
+    done = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"]
+    try:
+        report = json.loads(_terminated(max(done, key=_finish_key)).get("message") or "") if done else {}
+    except ValueError:
+        report = {}
+    files, size = report.get("deleted_files"), report.get("deleted_bytes")
+    detail = f"{files} files, {size:,} bytes" if isinstance(files, int) and isinstance(size, int) else "done"
+    return Outcome(events=[Event("Normal", "DataDeleted", f"Deleted the data at {where} ({detail})")])
 
 
 def job_state(job: Mapping[str, Any]) -> str:
@@ -382,8 +457,12 @@ def _running(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, job
                                            pods_active=shard_status.get("active") or 0)
     message = None
     if name == jobs.merge:
-        progress.update(shardsDone=spec.shards, summary="merging")
-        message = f"Job {name} is assembling the output of {spec.shards} shards"
+        if spec.keep_shards:
+            progress.update(shardsDone=spec.shards, summary="listing shards")
+            message = f"Job {name} is checking {spec.shards} shard datasets and writing their blend list"
+        else:
+            progress.update(shardsDone=spec.shards, summary="merging")
+            message = f"Job {name} is assembling the output of {spec.shards} shards"
     elif jobs.merge is not None:
         message = f"Job {name} is running ({shards_done}/{spec.shards} shards)"
     start = (shard_status.get("startTime") or ((job.get("status") or {}).get("startTime"))

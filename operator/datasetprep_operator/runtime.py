@@ -19,7 +19,7 @@ from datasetprep_operator import builders
 from datasetprep_operator.config import OperatorConfig
 from datasetprep_operator.kube import Kube, api_client_from_environment
 from datasetprep_operator.metrics import PHASES, Metrics
-from datasetprep_operator.reconcile import Context, Resource, Seen, reconcile
+from datasetprep_operator.reconcile import Context, Resource, Seen, delete_data, reconcile
 
 FINALIZER = "datasetprep.io/finalizer"
 ANNOTATION_PREFIX = "datasetprep.io"
@@ -117,10 +117,22 @@ def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def handle_delete(runtime: Runtime, body: kopf.Body) -> None:
+    """A DatasetPrep with ``deleteDataOnDelete`` is being deleted: clean up before kopf lets it go."""
+    outcome = delete_data(Resource(body), runtime.ctx)
+    for event in outcome.events:
+        post = kopf.info if event.type == "Normal" else kopf.warn
+        post(body, reason=event.reason, message=event.message)
+    if outcome.error is not None:
+        raise outcome.error
+
+
 def handle(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, jobs: kopf.Index | None,
            pods: kopf.Index | None, reusable: kopf.Index | None = None) -> None:
     """Reconcile one DatasetPrep and hand the result to kopf (status patch, events, retry signal)."""
     res = Resource(body)
+    if res.meta.get("deletionTimestamp"):
+        return  # being deleted: no new Job, no status (the delete handler, if any, does the rest)
 
     def seen_job(namespace: str, name: str) -> Mapping[str, Any] | None:
         return next(iter((jobs or {}).get((namespace, name), ())), None)
