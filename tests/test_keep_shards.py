@@ -228,3 +228,27 @@ def test_delete_data_removes_the_dataset_and_nothing_else(volume, keep):
     assert (volume / "raw" / "corpus_a.jsonl").exists() and (volume / "tok" / "tokenizer.model").exists()
     p, msg = _job(volume, spec, "--delete-data")  # again: nothing left to delete, still fine
     assert msg == {"ok": True, "deleted_files": 0, "deleted_bytes": 0}
+
+
+def test_inspect_and_merge_take_the_blend_list_even_mounted_elsewhere(tmp_path, capsys):
+    out = tmp_path / "ds"
+    for i in range(3):
+        pipeline.run(_req(out, 3), shard=(i, 3))
+    pipeline.finish(_req(out, 3))
+    # the folder as another machine sees it: the absolute paths in the list no longer exist
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path, moved, ignore=shutil.ignore_patterns("elsewhere"))
+    for p in tmp_path.glob("ds_*"):
+        p.unlink()
+    blend = moved / "ds_text_document.blend.txt"
+    assert cli.main(["inspect", str(blend), "--json", "-n", "1"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["datasets"], info["documents"], info["tokens"]) == (3, 526, 821228)
+    assert info["weights_are_token_counts"] is True
+    assert [s["prefix"] for s in info["shards"]] == [str(moved / f"ds_shard{i:05d}_text_document") for i in range(3)]
+    assert cli.main(["merge", "--input", str(blend), "--output-prefix", str(moved / "one_text_document")]) == 0
+    for ext in (".bin", ".idx"):
+        assert (moved / f"one_text_document{ext}").read_bytes() == G.with_suffix(ext).read_bytes()
+    (moved / "bad.blend.txt").write_text("12 a_text_document 7\n")
+    assert cli.main(["inspect", str(moved / "bad.blend.txt")]) == 1
+    assert "expected 'weight prefix' pairs" in capsys.readouterr().err

@@ -121,7 +121,7 @@ def cmd_binarize(a) -> int:
 
 def add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="counts, dtype, lengths and the first documents of a dataset")
-    p.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
+    p.add_argument("prefix", help="dataset prefix (without .bin/.idx), or a kept-shards blend list (.blend.txt)")
     p.add_argument("--tokenizer-model", default=None, help="decode documents with this tokenizer")
     p.add_argument("--tokenizer-type", default="auto")
     p.add_argument("--vocab-size", type=int, default=None)
@@ -164,6 +164,8 @@ def cmd_inspect(a) -> int:
     tok = None
     if a.tokenizer_model or (a.tokenizer_type and a.tokenizer_type.lower().startswith("null")):
         tok = tokenization.load_tokenizer(a.tokenizer_type, a.tokenizer_model, vocab_size=a.vocab_size)
+    if a.prefix.endswith(".blend.txt"):
+        return _inspect_blend(a, tok)
     info = inspect_dataset(a.prefix, a.num_docs, tok)
     if a.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
@@ -181,10 +183,42 @@ def cmd_inspect(a) -> int:
     return 0
 
 
+def _inspect_blend(a, tok) -> int:
+    """A kept-shards blend list: every dataset it names, totals, and whether the weights are the
+    datasets' token counts (as datasetprep writes them)."""
+    from .indexed import IndexedDataset
+    from .merge import read_blend
+
+    shards = []
+    for weight, prefix in read_blend(a.prefix):
+        ds = IndexedDataset(prefix)
+        shards.append({"prefix": prefix, "weight": weight, "documents": ds.num_documents,
+                       "sequences": ds.num_sequences, "tokens": ds.num_tokens, "dtype": ds.dtype.name})
+    info = {"blend": a.prefix, "datasets": len(shards),
+            "documents": sum(s["documents"] for s in shards), "sequences": sum(s["sequences"] for s in shards),
+            "tokens": sum(s["tokens"] for s in shards), "dtypes": sorted({s["dtype"] for s in shards}),
+            "weights_are_token_counts": all(s["weight"] == s["tokens"] for s in shards),
+            "shards": shards, "first_documents": inspect_dataset(shards[0]["prefix"], a.num_docs, tok)["first_documents"]}
+    if a.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{a.prefix}: a blend of {info['datasets']} datasets, {info['documents']:,} documents, "
+          f"{info['sequences']:,} sequences, {info['tokens']:,} tokens, dtype {', '.join(info['dtypes'])}; "
+          f"weights {'= token counts' if info['weights_are_token_counts'] else 'are NOT the token counts'}")
+    for s in shards:
+        print(f"  {s['weight']:>14,.0f}  {s['prefix']}  ({s['documents']:,} documents, {s['tokens']:,} tokens)")
+    for d in info["first_documents"]:
+        print(f"--- document {d['index']} of the first dataset ({d['tokens']} tokens) ids {d['ids_head']}")
+        if "text" in d:
+            print(d["text"])
+    return 0
+
+
 def add_merge(sub) -> None:
     p = sub.add_parser("merge", help="merge datasets (like Megatron's merge_datasets.py), streaming")
     p.add_argument("--input", nargs="+", required=True,
-                   help="dataset prefixes in order, or one folder (its pairs in lexicographic order)")
+                   help="dataset prefixes in order, one folder (its pairs in lexicographic order), or one "
+                   "blend list of kept shards (.blend.txt)")
     p.add_argument("--output-prefix", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_merge)

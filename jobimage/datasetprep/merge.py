@@ -25,10 +25,44 @@ def prefixes_in_dir(d: Path) -> list[str]:
     return [os.fspath(d / s) for s in stems]
 
 
+BLEND_SUFFIX = ".blend.txt"
+
+
+def read_blend(path: str | os.PathLike) -> list[tuple[float, str]]:
+    """A blend list (``weight prefix`` pairs, as Megatron-LM's ``--data-args-path`` reads it).
+
+    Its prefixes are as the training pods mount the volume (e.g. ``/data/...``); one that does not
+    exist here is looked for next to the blend file, so a copy of the folder mounted elsewhere reads
+    the same."""
+    path = Path(path)
+    try:
+        words = path.read_text(encoding="utf-8").split()
+    except OSError as e:
+        raise BinarizeError(f"cannot read blend list {path}: {e.strerror}") from None
+    if not words or len(words) % 2:
+        raise BinarizeError(f"{path} is not a blend list: expected 'weight prefix' pairs, got {len(words)} words")
+    out = []
+    for i in range(0, len(words), 2):
+        try:
+            weight = float(words[i])
+        except ValueError:
+            raise BinarizeError(f"{path}: {words[i]!r} is not a weight (expected 'weight prefix' pairs)") from None
+        prefix = words[i + 1]
+        if not indexed.idx_path(prefix).exists() and indexed.idx_path(path.parent / Path(prefix).name).exists():
+            prefix = os.fspath(path.parent / Path(prefix).name)
+        out.append((weight, prefix))
+    return out
+
+
 def merge(inputs: list[str], output_prefix: str, overwrite: bool = False) -> dict:
-    """Concatenate datasets in the given order into ``output_prefix.bin/.idx``."""
+    """Concatenate datasets in the given order into ``output_prefix.bin/.idx``.
+
+    One folder stands for its pairs in lexicographic order; one blend list (kept shards'
+    ``{prefix}_{key}_document.blend.txt``) for its datasets in its order."""
     if len(inputs) == 1 and Path(inputs[0]).is_dir():
         inputs = prefixes_in_dir(Path(inputs[0]))
+    elif len(inputs) == 1 and inputs[0].endswith(BLEND_SUFFIX):
+        inputs = [p for _, p in read_blend(inputs[0])]
     if not inputs:
         raise BinarizeError("merge needs at least one input prefix")
     sources = []
