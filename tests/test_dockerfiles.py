@@ -281,3 +281,19 @@ def test_dockerignore_keeps_junk_out():
     for rel in ("pyproject.toml", "jobimage/datasetprep/spec.py", "operator/datasetprep_operator/config.py",
                 "jobimage/native/src/lib.rs", "jobimage/native/Cargo.lock"):
         assert _included(rel), rel
+
+
+def test_the_wheel_the_images_build_lists_every_package():
+    """The images `pip wheel` this repo: a subpackage missing from pyproject's explicit list would
+    be left out of them while an editable install still finds it."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = {name: REPO / path for name, path in project["package-dir"].items()}
+    found = set()
+    for name, root in roots.items():
+        for init in root.rglob("__init__.py"):
+            if "__pycache__" not in init.parts:
+                rel = init.parent.relative_to(root).parts
+                found.add(".".join((name, *rel)))
+    assert found == set(project["packages"]), sorted(found ^ set(project["packages"]))
