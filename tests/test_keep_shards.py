@@ -15,6 +15,7 @@ import yaml
 from datasetprep import cli, indexed, merge, pipeline, tokenization
 from datasetprep.job import write_termination
 from paths import CORPUS_A, GOLDEN, REPO, SP_MODEL
+from test_run_and_job import make_volume
 
 G = GOLDEN / "a_spbpe_eod_text_document"
 
@@ -145,12 +146,7 @@ spec:
 
 @pytest.fixture
 def volume(tmp_path):
-    (tmp_path / "raw").mkdir()
-    (tmp_path / "tok").mkdir()
-    shutil.copy(CORPUS_A, tmp_path / "raw" / "corpus_a.jsonl")
-    shutil.copy(SP_MODEL, tmp_path / "tok" / "tokenizer.model")
-    (tmp_path / "dsp.yaml").write_text(MANIFEST)
-    return tmp_path
+    return make_volume(tmp_path, MANIFEST)
 
 
 def test_run_manifest_with_kept_shards_then_reuse(volume, capsys, monkeypatch):

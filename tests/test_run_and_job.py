@@ -24,14 +24,20 @@ spec:
 """
 
 
+def make_volume(root, manifest: str):
+    """A volume folder with the golden corpus under raw/, the SentencePiece model under tok/ and
+    ``manifest`` as dsp.yaml."""
+    (root / "raw").mkdir()
+    (root / "tok").mkdir()
+    shutil.copy(CORPUS_A, root / "raw" / "corpus_a.jsonl")
+    shutil.copy(SP_MODEL, root / "tok" / "tokenizer.model")
+    (root / "dsp.yaml").write_text(manifest)
+    return root
+
+
 @pytest.fixture
 def volume(tmp_path):
-    (tmp_path / "raw").mkdir()
-    (tmp_path / "tok").mkdir()
-    shutil.copy(CORPUS_A, tmp_path / "raw" / "corpus_a.jsonl")
-    shutil.copy(SP_MODEL, tmp_path / "tok" / "tokenizer.model")
-    (tmp_path / "dsp.yaml").write_text(MANIFEST)
-    return tmp_path
+    return make_volume(tmp_path, MANIFEST)
 
 
 def _same_as_golden(prefix) -> bool:

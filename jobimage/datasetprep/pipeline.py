@@ -348,6 +348,15 @@ def work_dir(req: Request, key: str) -> Path:
     return Path(req.output_prefix).parent / f".datasetprep-work-{Path(req.output_prefix).name}-{key}"
 
 
+def _prepare(req: Request):
+    """What every step of a run starts from: the checked tokenizer, the dtype, the plan and its work
+    folder (named by the work key)."""
+    tok = _load_checked(req)
+    files, chunks = plan(req)
+    key = work_key(req, files, chunks)
+    return tok, indexed.dtype_for_vocab(tok.vocab_size), files, chunks, key, work_dir(req, key)
+
+
 def run(req: Request, shard: tuple[int, int] | None = None) -> dict:
     """Binarize; returns the manifest (also written next to the outputs).
 
@@ -359,11 +368,7 @@ def run(req: Request, shard: tuple[int, int] | None = None) -> dict:
     t0 = time.time()
     if shard is None:
         check_outputs(req)
-    tok = _load_checked(req)
-    dtype = indexed.dtype_for_vocab(tok.vocab_size)
-    files, chunks = plan(req)
-    key = work_key(req, files, chunks)
-    wd = work_dir(req, key)
+    tok, dtype, files, chunks, key, wd = _prepare(req)
     if shard is None:
         _remove_stale_work_dirs(req, keep=wd)
     elif req.keep_shards:
@@ -406,11 +411,7 @@ def finish(req: Request) -> dict:
     """
     t0 = time.time()
     check_outputs(req)
-    tok = _load_checked(req)
-    dtype = indexed.dtype_for_vocab(tok.vocab_size)
-    files, chunks = plan(req)
-    key = work_key(req, files, chunks)
-    wd = work_dir(req, key)
+    tok, dtype, files, chunks, key, wd = _prepare(req)
     if req.keep_shards:
         return _finish_shards(req, tok, dtype, key, wd, len(chunks), t0)
     results = []
@@ -525,7 +526,7 @@ def _finish(req, tok, dtype, files, chunks, wd: Path, results, stats, t0) -> dic
         if hasher is not None:
             hasher.join()
         manifest = _manifest(req, tok, dtype, outputs, fp, stats, time.time() - t0)
-        _publish(req, outputs, manifest, tmp)
+        _publish(req, _dataset_moves(outputs), manifest, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -562,7 +563,8 @@ def files_intact(folder: Path, entries: list[dict]) -> bool:
     return True
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: str | os.PathLike) -> dict | None:
+    """A JSON object file (a manifest), or None if it is missing or not one."""
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -573,12 +575,28 @@ def _read_json(path: Path) -> dict | None:
 def shard_published(req: Request, key: str, shard: tuple[int, int]) -> dict | None:
     """Shard i of n's published manifest if it is of this very work (same work key, same slice)
     and its files are intact; else None (then the shard is made again)."""
-    m = _read_json(manifest_path(shard_prefix(req.output_prefix, shard[0])))
+    m = read_json(manifest_path(shard_prefix(req.output_prefix, shard[0])))
     if (not m or m.get("work_key") != key or m.get("shard") != list(shard)
             or len(m.get("outputs") or ()) != len(req.keys)
             or [o.get("key") for o in m["outputs"]] != list(req.keys)):
         return None
     return m if files_intact(Path(req.output_prefix).parent, m["outputs"]) else None
+
+
+def _shard_manifests(output_prefix: str):
+    """``(index, path, manifest)`` of every shard manifest of ours under this prefix."""
+    out_dir, name = Path(output_prefix).parent, Path(output_prefix).name
+    for path in out_dir.glob(f"{glob_escape(name)}_shard[0-9][0-9][0-9][0-9][0-9].manifest.json"):
+        m = read_json(path) or {}
+        if m.get("layout") == "shard":
+            yield int(path.name[len(name) + len("_shard"):][:5]), path, m
+
+
+def _listed_files(folder: Path, entries) -> list[Path]:
+    """The ``.bin``/``.idx`` of every dataset a manifest lists (bare names only: never elsewhere)."""
+    return [folder / (o["prefix"] + ext) for o in entries or ()
+            if isinstance(o, dict) and isinstance(o.get("prefix"), str) and "/" not in o["prefix"]
+            for ext in (".bin", ".idx")]
 
 
 def _publish_shard(req: Request, tok, dtype, wd: Path, key: str, results: list[dict], shard: tuple[int, int],
@@ -603,7 +621,7 @@ def _publish_shard(req: Request, tok, dtype, wd: Path, key: str, results: list[d
         # The whole dataset's manifest lists the shards; it is no longer true once one changes, and
         # the finishing step writes it again.
         manifest_path(req.output_prefix).unlink(missing_ok=True)
-        _publish(sub, outputs, manifest, tmp)
+        _publish(sub, _dataset_moves(outputs), manifest, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
@@ -651,17 +669,7 @@ def _finish_shards(req: Request, tok, dtype, key: str, wd: Path, nchunks: int, t
                  "chunks_reused": nchunks}
         manifest = _manifest(req, tok, dtype, [], {"sha256": req.input_sha256}, stats, time.time() - t0)
         manifest.update({"layout": "shards", "shards": n, "work_key": key, "outputs": outputs})
-        mtmp = tmp / "manifest.json"
-        with open(mtmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        manifest_path(req.output_prefix).unlink(missing_ok=True)
-        for src, dst in moves:
-            os.replace(src, dst)
-        os.replace(mtmp, manifest_path(req.output_prefix))
-        _fsync_dir(out_dir)
+        _publish(req, moves, manifest, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(wd, ignore_errors=True)  # the chunk parts are in the shard datasets now
@@ -674,25 +682,17 @@ def _remove_other_layout(req: Request, keep_shards: int) -> None:
     the merged dataset (when shards are kept), shard datasets beyond the N kept, or all of them and
     their blend lists (when merged).  Only files a shard manifest of ours lists are touched."""
     out_dir = Path(req.output_prefix).parent
-    name = Path(req.output_prefix).name
     if keep_shards:
         for p in final_paths(req.output_prefix, req.keys, req.level):
             p.unlink(missing_ok=True)
     else:
         for key in req.keys:
             blend_path(req.output_prefix, key, req.level).unlink(missing_ok=True)
-    for mp_ in out_dir.glob(f"{glob_escape(name)}_shard[0-9][0-9][0-9][0-9][0-9].manifest.json"):
-        index = int(mp_.name[len(name) + 6:len(name) + 11])
-        if keep_shards and index < keep_shards:
-            continue
-        m = _read_json(mp_) or {}
-        if m.get("layout") != "shard":
-            continue
-        for o in m.get("outputs") or ():
-            if isinstance(o, dict) and isinstance(o.get("prefix"), str) and "/" not in o["prefix"]:
-                for ext in (".bin", ".idx"):
-                    (out_dir / (o["prefix"] + ext)).unlink(missing_ok=True)
-        mp_.unlink(missing_ok=True)
+    for index, path, m in list(_shard_manifests(req.output_prefix)):
+        if index >= keep_shards:
+            for p in _listed_files(out_dir, m.get("outputs")):
+                p.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
 
 
 def remove_output(output_prefix: str, keys, level: str = "document") -> dict:
@@ -713,27 +713,20 @@ def remove_output(output_prefix: str, keys, level: str = "document") -> dict:
         removed["files"] += 1
         removed["bytes"] += size
 
-    top = _read_json(manifest_path(output_prefix)) or {}
-    if top.get("layout") == "shards":
+    top = read_json(manifest_path(output_prefix)) or {}
+    if top.get("layout") == "shards":  # its blend lists (the shard datasets: below)
         for o in top.get("outputs") or ():
             if isinstance(o, dict) and isinstance(o.get("blend_file"), str) and "/" not in o["blend_file"]:
                 rm(out_dir / o["blend_file"])
     else:
-        for o in top.get("outputs") or ():
-            if isinstance(o, dict) and isinstance(o.get("prefix"), str) and "/" not in o["prefix"]:
-                rm(out_dir / (o["prefix"] + ".bin"))
-                rm(out_dir / (o["prefix"] + ".idx"))
-    for key in keys:  # a blend list of a run whose last step did not finish
+        for p in _listed_files(out_dir, top.get("outputs")):
+            rm(p)
+    for key in keys:  # the blend lists (also of a run whose last step did not finish)
         rm(blend_path(output_prefix, key, level))
-    for mp_ in out_dir.glob(f"{glob_escape(name)}_shard[0-9][0-9][0-9][0-9][0-9].manifest.json"):
-        m = _read_json(mp_) or {}
-        if m.get("layout") != "shard":
-            continue
-        for o in m.get("outputs") or ():
-            if isinstance(o, dict) and isinstance(o.get("prefix"), str) and "/" not in o["prefix"]:
-                rm(out_dir / (o["prefix"] + ".bin"))
-                rm(out_dir / (o["prefix"] + ".idx"))
-        rm(mp_)
+    for _, path, m in list(_shard_manifests(output_prefix)):
+        for p in _listed_files(out_dir, m.get("outputs")):
+            rm(p)
+        rm(path)
     rm(manifest_path(output_prefix))
     for pattern in (".datasetprep-work-", ".datasetprep-tmp-"):
         for d in out_dir.glob(f"{pattern}{glob_escape(name)}-*"):
@@ -943,7 +936,13 @@ def _manifest(req: Request, tok, dtype, outputs: list[dict], fp: dict, stats: di
     }
 
 
-def _publish(req: Request, outputs: list[dict], manifest: dict, tmp: Path) -> None:
+def _dataset_moves(outputs: list[dict]) -> list[tuple[str, str]]:
+    """The (temporary, final) names of assembled ``.bin``/``.idx`` files."""
+    return [(o["tmp"] + ext, o["final"] + ext) for o in outputs for ext in (".bin", ".idx")]
+
+
+def _publish(req: Request, moves: list[tuple], manifest: dict, tmp: Path) -> None:
+    """Rename the finished files (``moves``: temporary → final) into place, then the manifest."""
     check_outputs(req)  # someone may have written the names meanwhile
     mtmp = tmp / "manifest.json"
     with open(mtmp, "w", encoding="utf-8") as f:
@@ -954,9 +953,8 @@ def _publish(req: Request, outputs: list[dict], manifest: dict, tmp: Path) -> No
     # The manifest marks a complete output: take the old one away first, so that no moment shows
     # an old manifest next to new data.
     manifest_path(req.output_prefix).unlink(missing_ok=True)
-    for o in outputs:
-        os.replace(o["tmp"] + ".bin", o["final"] + ".bin")
-        os.replace(o["tmp"] + ".idx", o["final"] + ".idx")
+    for src, dst in moves:
+        os.replace(src, dst)
     os.replace(mtmp, manifest_path(req.output_prefix))
     _fsync_dir(Path(req.output_prefix).parent)
 

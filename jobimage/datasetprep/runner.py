@@ -118,11 +118,7 @@ def _stream_batches(resolved, token, keys: tuple[str, ...], batch_bytes: int = 4
 
 
 def read_manifest(prefix: Path) -> dict | None:
-    p = pipeline.manifest_path(os.fspath(prefix))
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
+    return pipeline.read_json(pipeline.manifest_path(os.fspath(prefix)))
 
 
 def outputs_intact(prefix: Path, manifest: dict) -> bool:
@@ -197,6 +193,7 @@ def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | No
         return {"ok": True, "reused": False, "fingerprint": fingerprint, **info}
     if mode == "all" and keep:  # one machine does every shard in turn, then the blend list
         _, chunks = pipeline.plan(req)
+        whole = {"bytes_total": sum(c.size for c in chunks), "chunks_total": len(chunks)}
         offsets = {"bytes_done": 0, "documents": 0, "tokens": 0, "chunks_done": 0, "chunks_reused": 0}
         started = None
 
@@ -204,8 +201,7 @@ def run_spec(spec: DatasetPrepSpec, volumes: dict[str, Path], *, token: str | No
             nonlocal started
             started = started or stats["started"]
             if progress is not None:
-                progress({**stats, **{k: stats[k] + v for k, v in offsets.items()}, "started": started,
-                          "bytes_total": sum(c.size for c in chunks), "chunks_total": len(chunks)})
+                progress({**stats, **{k: stats[k] + v for k, v in offsets.items()}, "started": started, **whole})
 
         for i in range(spec.shards):
             last: dict = {}

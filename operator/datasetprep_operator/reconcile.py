@@ -347,22 +347,22 @@ def delete_data(res: Resource, ctx: Context) -> Outcome:
     if state == "running":
         return Outcome(error=kopf.TemporaryError(f"Job {name} is deleting the data", delay=2))
     pods = _pods(ctx, res.namespace, job)
-    with translate_api_errors(f"deleting Job {name}"):
-        ctx.kube.delete_job(res.namespace, name)
     if state == "failed":
-        failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
-        error = builders.parse_termination_message(
-            _terminated(max(failed, key=_culprit_key)).get("message") if failed else None).error
-        return Outcome(events=[Event("Warning", "DeleteDataFailed",
-                                     f"Job {name} could not delete the data at {where}: {error}; it is left there")])
-    done = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"]
-    try:
-        report = json.loads(_terminated(max(done, key=_finish_key)).get("message") or "") if done else {}
-    except ValueError:
-        report = {}
-    files, size = report.get("deleted_files"), report.get("deleted_bytes")
-    detail = f"{files} files, {size:,} bytes" if isinstance(files, int) and isinstance(size, int) else "done"
-    return Outcome(events=[Event("Normal", "DataDeleted", f"Deleted the data at {where} ({detail})")])
+        error = _job_error(res, ctx, job, pods) or "no reason given"
+        event = Event("Warning", "DeleteDataFailed",
+                      f"Job {name} could not delete the data at {where}: {error}; it is left there")
+    else:
+        try:
+            report = json.loads(_last_report(pods) or "")
+        except ValueError:
+            report = None
+        report = report if isinstance(report, dict) else {}
+        files, size = report.get("deleted_files"), report.get("deleted_bytes")
+        detail = f"{files} files, {size:,} bytes" if isinstance(files, int) and isinstance(size, int) else "done"
+        event = Event("Normal", "DataDeleted", f"Deleted the data at {where} ({detail})")
+    with translate_api_errors(f"deleting Job {name}"):  # after reading its pods (and maybe their logs)
+        ctx.kube.delete_job(res.namespace, name)
+    return Outcome(events=[event])
 
 
 def job_state(job: Mapping[str, Any]) -> str:
@@ -559,12 +559,13 @@ def _culprit_key(pod: Mapping[str, Any]) -> tuple[bool, bool, str]:
     return own_error, (term.get("exitCode") or 0) < 128, _finish_key(pod)
 
 
-def _job_failed(res: Resource, ctx: Context, job: Mapping[str, Any], name: str, events: list[Event]) -> Outcome:
-    """The Job gave up: report the job's own error message (termination message, else log tail)."""
-    pods = [p for p in _pods(ctx, res.namespace, job) if (p.get("status") or {}).get("phase") == "Failed"]
+def _job_error(res: Resource, ctx: Context, job: Mapping[str, Any], pods: list[dict[str, Any]]) -> str | None:
+    """Why a failed Job failed: its most telling failed pod's own error (termination message, else
+    log tail), else the Job's Failed condition."""
+    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
     error = None
-    if pods:
-        pod = max(pods, key=_culprit_key)
+    if failed:
+        pod = max(failed, key=_culprit_key)
         message = _terminated(pod).get("message")
         fallback = None
         if not (message or "").strip():
@@ -573,6 +574,18 @@ def _job_failed(res: Resource, ctx: Context, job: Mapping[str, Any], name: str, 
     if not error:
         conds = [c for c in (job.get("status") or {}).get("conditions") or () if c.get("type") == "Failed"]
         error = "; ".join(filter(None, [conds[0].get("reason"), conds[0].get("message")])) if conds else None
+    return error
+
+
+def _last_report(pods: list[dict[str, Any]]) -> str | None:
+    """The termination message of the Job's last succeeded pod (its result), if any."""
+    done = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"]
+    return _terminated(max(done, key=_finish_key)).get("message") if done else None
+
+
+def _job_failed(res: Resource, ctx: Context, job: Mapping[str, Any], name: str, events: list[Event]) -> Outcome:
+    """The Job gave up: report the job's own error message (termination message, else log tail)."""
+    error = _job_error(res, ctx, job, _pods(ctx, res.namespace, job))
     message = f"Job {name} failed: {error or 'no reason given'}"
     ctx.metrics.run_failed()
     return Outcome(
@@ -585,12 +598,12 @@ def _job_failed(res: Resource, ctx: Context, job: Mapping[str, Any], name: str, 
 def _job_succeeded(res: Resource, ctx: Context, spec: DatasetPrepSpec, job: Mapping[str, Any], name: str,
                    events: list[Event], *, keep: Collection[str]) -> Outcome:
     """The Job that publishes completed: read its report, publish the training ConfigMap, then declare Ready."""
-    pods = [p for p in _pods(ctx, res.namespace, job) if (p.get("status") or {}).get("phase") == "Succeeded"]
-    if not pods:
+    pods = _pods(ctx, res.namespace, job)
+    if not any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods):
         # The Job says Complete but its pods are gone (deleted by hand, or pod GC): the result is lost.
         result = builders.JobResult(ok=False, error="its pods are gone, so its result cannot be read")
     else:
-        result = builders.parse_termination_message(_terminated(max(pods, key=_finish_key)).get("message"))
+        result = builders.parse_termination_message(_last_report(pods))
     if not result.ok:
         message = f"Job {name} completed but its result is unusable: {result.error}"
         ctx.metrics.run_failed()
