@@ -30,18 +30,24 @@ from bench_binarize import SP, run_ours as timed  # noqa: E402
 from bench_merge import drop_caches  # noqa: E402
 
 
-def pod(volume: Path, spec: dict, *args: str, index: int | None = None) -> tuple[float, int]:
-    env = {"DATASETPREP_SPEC": json.dumps(spec), "DATASETPREP_VOLUMES": json.dumps({"data": str(volume)}),
-           "DATASETPREP_TERMINATION_LOG": str(volume / "termination-log")}
+def pod(volume: Path, spec: dict, step: int, index: int | None = None) -> tuple[float, int]:
+    """One job pod of the spec's run: stage ``step`` (0: the shards', 1: the merge), as the operator's Job
+    manifest sets it up (the contract's environment)."""
+    from datasetprep.contract import ENV_COMPLETION_INDEX, JobInputs, RunPlan
+    from datasetprep.spec import parse_spec
+
+    parsed = parse_spec(spec)
+    inputs = JobInputs(spec=parsed, volumes={"data": str(volume)}, plan=RunPlan.stages(parsed)[step])
+    env = dict(inputs.env(), DATASETPREP_TERMINATION_LOG=str(volume / "termination-log"))
     if index is not None:
-        env["JOB_COMPLETION_INDEX"] = str(index)
+        env[ENV_COMPLETION_INDEX] = str(index)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
         os.sync()
         drop_caches()
         return timed([sys.executable, "-c", "import sys; from datasetprep.cli import main; sys.exit(main())",
-                      "job", *args])
+                      "job"])
     finally:
         for k, v in saved.items():
             if v is None:
@@ -55,8 +61,8 @@ def layout(volume: Path, shards: int, workers: int, keep: bool) -> dict:
             "tokenizer": {"type": "sentencepiece", "path": {"path": "tokenizer.model"}},
             "output": {"claimName": "data", "prefix": "kept/ds" if keep else "merged/ds"},
             "appendEod": True, "workers": workers, "shards": shards, "keepShards": keep}
-    stage1 = [pod(volume, spec, index=i) for i in range(shards)]
-    stage2 = pod(volume, spec, "--merge")
+    stage1 = [pod(volume, spec, 0, index=i) for i in range(shards)]
+    stage2 = pod(volume, spec, 1)
     result = json.loads((volume / "termination-log").read_text())
     if not result.get("ok"):
         raise SystemExit(f"stage 2 failed: {result}")

@@ -9,7 +9,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 src="$root/crds"
 dst="$root/charts/datasetprep-operator/files/crds"
-files=(datasetprep.io_datasetpreps.yaml)
+files=(datasetprep.io_datasetpreps.yaml datasetprep.io_datasetblends.yaml)
 
 check=0
 [[ "${1:-}" == "--check" ]] && check=1

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs what it needs, builds the test bed's
-# kube-apiserver/kube-controller-manager/etcd and helm from Go modules (cached), runs pytest.
+# The whole test suite, from a fresh clone: installs what it needs (Python packages; the real
+# node's containerd/runc/CNI from Debian when missing), builds the test bed's control plane,
+# node (kubelet, kube-scheduler, kube-proxy), kubectl and helm from Go modules (cached), runs pytest.
 #
 #   scripts/test.sh [extra pytest args]
 #
@@ -22,6 +23,8 @@ else
   echo "cargo not found: the native engine is not built; HF tokenizers use the tokenizers library" >&2
 fi
 
+echo "== test bed prerequisites (containerd, runc, CNI plugins, iptables; installed when missing)"
+tests/cluster/prereqs
 echo "== building the Kubernetes test bed binaries (cached)"
 tests/cluster/build
 if [ -x tests/helm/build ]; then

@@ -36,9 +36,18 @@ Repos (all at fixed 40-hex commit shas; the data is generated deterministically 
   ``default/train/0000.parquet`` at :data:`CSV_EXPORT_SHA`.
 * ``acme/gated-corpus`` (dataset, gated), ``acme/private-corpus`` (dataset, private).
 * ``acme/flaky-corpus`` (dataset) whose data file answers 503 to its first two GETs (per reset).
+* :data:`LAYOUTS` (datasets): split folders, split names in file names, one file at the root, README
+  ``configs:`` with ``data_dir``, and with ``data_files`` as split/path lists -- for comparing the resolution
+  of (subset, split) with the ``datasets`` library's.
 * ``acme/gated-llama`` (model, gated) ``tokenizer.json`` (a tiny byte-level BPE trained with
   ``tokenizers``), ``tokenizer_config.json``, ``special_tokens_map.json``.
 * ``acme/spm-model`` (model) ``tokenizer.model`` (a tiny SentencePiece model) and ``tokenizer_config.json``.
+* ``wikitext`` (dataset, a legacy one-part id) subset ``wikitext-103-v1``, Parquet ``train`` and
+  ``validation``, and ``meta-llama/Llama-3.1-8B`` (model, gated) laid out as the real one:
+  ``tokenizer.json`` (the tiny BPE) at the root, tiktoken ranks (128000, Llama 3's specials follow)
+  at ``original/tokenizer.model`` -- the NeMo guide's case, as the docs and examples use it.
+* ``codeparrot/codeparrot-clean-valid`` (dataset) one gzipped JSON Lines file at the root, records with
+  a ``content`` column (Python code) -- the second component of ``examples/blend.yaml``.
 * anything else: 404 ``RepoNotFound`` everywhere (e.g. ``acme/missing``).
 
 The server records every request (method, host, path, query, headers, status) and counts them per
@@ -85,8 +94,45 @@ FLAKY_FILE = "data/train-00000-of-00001.jsonl"
 GATED_MODEL_REPO = "acme/gated-llama"
 GATED_MODEL_SHA = "8192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4"
 SPM_MODEL_REPO = "acme/spm-model"
+#: The NeMo guide's case (README, docs/quickstart.md, examples/wikitext-llama31.yaml): wikitext-103
+#: (a legacy one-part repo id) and a gated repo laid out as meta-llama/Llama-3.1-8B is --
+#: tokenizer.json at the root, the tiktoken ranks at original/tokenizer.model.
+WIKITEXT_REPO = "wikitext"
+WIKITEXT_SHA = "7" * 40
+LLAMA31_REPO = "meta-llama/Llama-3.1-8B"
+LLAMA31_SHA = "8" * 40
 SPM_MODEL_SHA = "92a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5"
+CODEPARROT_REPO = "codeparrot/codeparrot-clean-valid"
+CODEPARROT_SHA = "9" * 40
 MISSING_REPO = "acme/missing"
+#: The DatasetPrep spec of the e2e tests whose job pods read from this Hub on the test bed
+#: (tests/test_operator_hub_e2e.py, tests/test_netpol_e2e.py): a dataset and a gated tokenizer, the
+#: token from the Secret ``hf-token``.
+POD_RUN_SPEC: dict[str, Any] = {
+    "source": {"hub": {"repo": TINY_REPO, "subset": "en", "split": "train"}, "textKeys": ["text"]},
+    "tokenizer": {"type": "auto", "hub": {"repo": GATED_MODEL_REPO}},
+    "output": {"claimName": "data", "prefix": "hub/tiny"},
+    "appendEod": True,
+    "hfTokenSecretRef": {"name": "hf-token", "key": "token"},
+}
+#: More layouts, for comparing our (subset, split) -> files resolution with the datasets library's:
+#: repo -> (commit, files, README front matter or None).
+LAYOUTS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
+    "acme/split-folders": ("a0b1c2d3e4f5061728394a5b6c7d8e9f00112233",
+                           ("train/a.jsonl", "train/b.jsonl", "validation/0.jsonl", "test/0.jsonl"), None),
+    "acme/split-names": ("b1c2d3e4f5061728394a5b6c7d8e9f0011223344",
+                         ("my_train_0.jsonl", "my_train_1.jsonl", "dev.jsonl", "eval-set.jsonl", "NOTES.md"), None),
+    "acme/single-file": ("c2d3e4f5061728394a5b6c7d8e9f001122334455", ("corpus.jsonl", "LICENSE"), None),
+    "acme/config-data-dir": ("d3e4f5061728394a5b6c7d8e9f00112233445566",
+                             ("a/train.jsonl", "a/test.jsonl", "b/part-0.jsonl", "b/part-1.jsonl"),
+                             "configs:\n- config_name: a\n  data_dir: a\n  default: true\n"
+                             "- config_name: b\n  data_files: b/*.jsonl\n"),
+    "acme/config-mapping": ("e4f5061728394a5b6c7d8e9f0011223344556677",
+                            ("d/train-0.parquet", "d/train-1.parquet", "d/extra.parquet", "d/test.parquet"),
+                            "configs:\n- config_name: default\n  data_files:\n"
+                            "  - split: train\n    path: [d/train-*.parquet, d/extra.parquet]\n"
+                            "  - split: test\n    path: d/test.parquet\n"),
+}
 
 _TINY_README = """---
 license: cc-by-4.0
@@ -130,6 +176,34 @@ def _texts(lang: str, split: str, n: int, start: int = 0) -> list[dict[str, Any]
         text = " ".join(words[(i * 3 + j * 5) % len(words)] for j in range(k))
         out.append({"id": f"{lang}-{split}-{i}", "text": f"{text} #{i}", "n": i})
     return out
+
+
+_WIKITEXT_README = """---
+configs:
+- config_name: wikitext-103-v1
+  data_files:
+  - split: train
+    path: wikitext-103-v1/train-*
+  - split: validation
+    path: wikitext-103-v1/validation-*
+---
+# wikitext (a few records in its layout)
+"""
+
+
+def _wikitext(n: int, start: int = 0) -> list[dict[str, Any]]:
+    """Records shaped like wikitext's: a ``text`` column, headings, paragraphs and empty lines."""
+    out: list[dict[str, Any]] = []
+    for i in range(start, start + n):
+        out.append({"text": f" = Section {i} = \n" if i % 5 == 0 else "" if i % 7 == 3 else
+                    f" Paragraph {i} of the corpus , with words and numbers like {i * 37} . \n"})
+    return out
+
+
+def _code(n: int) -> list[dict[str, Any]]:
+    """Records shaped like codeparrot's: the file's source in ``content``, with its metadata."""
+    return [{"repo_name": f"acme/tool{i}", "path": f"tool{i}/main.py", "license": "mit",
+             "content": f"def f{i}(x):\n    return x * {i} + {i * 3}\n\n\nprint(f{i}({i}))\n"} for i in range(n)]
 
 
 def _parquet_bytes(records: list[dict[str, Any]]) -> bytes:
@@ -327,6 +401,14 @@ class HubData:
         self._add(FakeRepo(FLAKY_REPO, "dataset", {"main": FLAKY_SHA}, {FLAKY_SHA: _make_files({
             FLAKY_FILE: _jsonl_bytes(small)})}))
 
+        # more layouts (file lists only matter: every file holds the same few records) ------------
+        few = _texts("en", "train", 2)
+        for repo, (sha, paths, front) in LAYOUTS.items():
+            content = {path: _parquet_bytes(few) if path.endswith(".parquet") else
+                       _jsonl_bytes(few) if path.endswith(".jsonl") else b"not data\n" for path in paths}
+            content["README.md"] = (f"---\n{front}---\n# {repo}\n" if front else f"# {repo}\n").encode()
+            self._add(FakeRepo(repo, "dataset", {"main": sha}, {sha: _make_files(content)}))
+
         # models ----------------------------------------------------------------------------------
         self.tokenizer_json = _train_bpe_tokenizer()
         tok_config = json.dumps({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
@@ -339,6 +421,34 @@ class HubData:
             "tokenizer_config.json": tok_config,
             "special_tokens_map.json": special,
         })}, gated=True))
+        from tokfiles import llama3_like_ranks, write_ranks
+
+        self.llama_ranks = write_ranks(llama3_like_ranks(), tmp / "llama3-tokenizer.model").read_bytes()
+        self._add(FakeRepo(LLAMA31_REPO, "model", {"main": LLAMA31_SHA}, {LLAMA31_SHA: _make_files({
+            "README.md": b"---\nlicense: llama3.1\n---\n# Llama 3.1 8B (layout only)\n",
+            "config.json": b'{"model_type": "llama", "vocab_size": 128256}',
+            "generation_config.json": b'{"bos_token_id": 128000, "eos_token_id": 128001}',
+            "model.safetensors.index.json": b'{"weight_map": {}}',
+            "original/params.json": b'{"dim": 4096, "vocab_size": 128256}',
+            "original/tokenizer.model": self.llama_ranks,
+            "tokenizer.json": self.tokenizer_json,
+            "tokenizer_config.json": tok_config,
+            "special_tokens_map.json": special,
+        })}, gated=True))
+        wiki_train, wiki_val = _wikitext(40), _wikitext(6, start=40)
+        self.records[(WIKITEXT_REPO, "wikitext-103-v1", "train")] = wiki_train
+        self.records[(WIKITEXT_REPO, "wikitext-103-v1", "validation")] = wiki_val
+        self._add(FakeRepo(WIKITEXT_REPO, "dataset", {"main": WIKITEXT_SHA}, {WIKITEXT_SHA: _make_files({
+            "README.md": _WIKITEXT_README.encode(),
+            "wikitext-103-v1/train-00000-of-00001.parquet": _parquet_bytes(wiki_train),
+            "wikitext-103-v1/validation-00000-of-00001.parquet": _parquet_bytes(wiki_val),
+        })}))
+        code = _code(24)
+        self.records[(CODEPARROT_REPO, None, "train")] = code
+        self._add(FakeRepo(CODEPARROT_REPO, "dataset", {"main": CODEPARROT_SHA}, {CODEPARROT_SHA: _make_files({
+            "README.md": b"# codeparrot-clean-valid\n",
+            "file-000000000040.json.gz": _gzip_bytes(_jsonl_bytes(code)),
+        })}))
         self.spm_model = _train_sentencepiece(tmp)
         self._add(FakeRepo(SPM_MODEL_REPO, "model", {"main": SPM_MODEL_SHA}, {SPM_MODEL_SHA: _make_files({
             "tokenizer.model": self.spm_model,
@@ -402,7 +512,9 @@ class FakeHub:
 
     tree_page_size = 3  # small, so that pagination is exercised
 
-    def __init__(self, data: HubData) -> None:
+    def __init__(self, data: HubData, host: str = "127.0.0.1") -> None:
+        """``host``: the address to listen on (pods of a real node reach the machine at the test bed's
+        ``host_ip``); away from loopback the "CDN" is a second port of it (another origin)."""
         self.data = data
         self.good_token = GOOD_TOKEN
         self.wrong_token = WRONG_TOKEN
@@ -410,28 +522,43 @@ class FakeHub:
         self.requests: list[RequestRecord] = []
         self.counts: Counter[tuple[str, str]] = Counter()
         self.faults: list[Fault] = []
+        self.holds: list[tuple[re.Pattern[str], threading.Event]] = []
+        self.held = 0
         handler = type("Handler", (_Handler,), {"hub": self})
-        self.httpd = _Server(("127.0.0.1", 0), handler)
+        self.httpd = _Server((host, 0), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"http://{host}:{self.port}"
         self.cdn = f"http://localhost:{self.port}"  # another origin: the token must not be sent there
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="fake-hub", daemon=True)
+        self._servers = [self.httpd]
+        if host != "127.0.0.1":
+            cdn = _Server((host, 0), handler)
+            cdn.daemon_threads = True
+            self._servers.append(cdn)
+            self.cdn = f"http://{host}:{cdn.server_address[1]}"
+        self._threads = [threading.Thread(target=srv.serve_forever, name="fake-hub", daemon=True)
+                         for srv in self._servers]
 
     # lifecycle -------------------------------------------------------------------------------------
     def start(self) -> "FakeHub":
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        for srv in self._servers:
+            srv.shutdown()
+            srv.server_close()
 
     def reset(self) -> None:
         """Forget recorded requests and faults, and re-arm the flaky repo (503 on its first 2 GETs)."""
         with self.lock:
             self.requests.clear()
             self.counts.clear()
+            for _, gate in self.holds:
+                gate.set()
+            self.holds.clear()
+            self.held = 0
             self.faults = [Fault("GET", re.compile(re.escape(f"/datasets/{FLAKY_REPO}/resolve/") + ".*"),
                                  503, 2)]
 
@@ -441,6 +568,21 @@ class FakeHub:
         """Answer the next ``times`` matching requests with ``status`` (0 = drop the connection)."""
         with self.lock:
             self.faults.append(Fault(method, re.compile(path_regex), status, times, headers or {}))
+
+    def hold(self, path_regex: str) -> threading.Event:
+        """Hold every matching request (any method) until the returned event is set (at most 300 s),
+        then answer it normally; ``held`` counts the requests that waited."""
+        gate = threading.Event()
+        with self.lock:
+            self.holds.append((re.compile(path_regex), gate))
+        return gate
+
+    def _wait_if_held(self, path: str) -> None:
+        with self.lock:
+            gates = [g for rx, g in self.holds if rx.search(path) and not g.is_set()]
+            self.held += len(gates)
+        for gate in gates:
+            gate.wait(300)
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
@@ -537,6 +679,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self.rfile.read(int(headers["content-length"]))
         rec = RequestRecord(method, headers.get("host", ""), unquote(raw_path), query, headers)
         self.hub.record(rec)
+        self.hub._wait_if_held(unquote(raw_path))
         fault = self.hub._take_fault(method, unquote(raw_path))
         if fault is not None:
             if fault.status == 0:
@@ -794,7 +937,12 @@ def fake_hub(_fake_hub_server: FakeHub, tmp_path: Path, monkeypatch: pytest.Monk
     """
     hub = _fake_hub_server
     hub.reset()
-    home = tmp_path / "hf-home"
+    point_clients_at(hub, tmp_path / "hf-home", monkeypatch)
+    yield hub
+
+
+def point_clients_at(hub: FakeHub, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the HF clients of this process at ``hub``, with a private HF_HOME ``home``."""
     env = {
         "HF_ENDPOINT": hub.endpoint,
         "HF_HOME": str(home),
@@ -833,4 +981,3 @@ def fake_hub(_fake_hub_server: FakeHub, tmp_path: Path, monkeypatch: pytest.Monk
         monkeypatch.setattr(dc, "HF_DATASETS_CACHE", home / "datasets")
         monkeypatch.setattr(dc, "HF_HUB_OFFLINE", False, raising=False)
         monkeypatch.setattr(dc, "USE_PARQUET_EXPORT", False, raising=False)
-    yield hub

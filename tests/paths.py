@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,3 +44,29 @@ def read_texts(path: Path, key: str = "text") -> list[str]:
     """Records as Megatron reads them (text mode, universal newlines, json.loads)."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line)[key] for line in f]
+
+
+def volume_manifest(name: str, prefix: str, workers: int = 1) -> str:
+    """A DatasetPrep of the volume :func:`make_volume` makes: the corpus under raw/, the SentencePiece
+    model, output ``prefix`` on claim ``data``, with EOD."""
+    return f"""apiVersion: datasetprep.io/v1alpha1
+kind: DatasetPrep
+metadata: {{name: {name}}}
+spec:
+  source: {{files: {{paths: [raw/*.jsonl]}}, textKeys: [text]}}
+  tokenizer: {{type: sentencepiece, path: {{path: tok/tokenizer.model}}}}
+  output: {{claimName: data, prefix: {prefix}}}
+  appendEod: true
+  workers: {workers}
+"""
+
+
+def make_volume(root, manifest: str):
+    """A volume folder with the golden corpus under raw/, the SentencePiece model under tok/ and
+    ``manifest`` as dsp.yaml."""
+    (root / "raw").mkdir()
+    (root / "tok").mkdir()
+    shutil.copy(CORPUS_A, root / "raw" / "corpus_a.jsonl")
+    shutil.copy(SP_MODEL, root / "tok" / "tokenizer.model")
+    (root / "dsp.yaml").write_text(manifest)
+    return root

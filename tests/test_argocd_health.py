@@ -19,15 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 ARGO = REPO / "deploy" / "argocd"
 SCRIPT = (ARGO / "health.lua").read_text()
 HEALTH_KEY = "resource.customizations.health.datasetprep.io_DatasetPrep"
+BLEND_HEALTH_KEY = "resource.customizations.health.datasetprep.io_DatasetBlend"
 
 RUNTIMES = ["lupa.lua51", "lupa.lua54"]
 
 
 def _runtime(module: str):
-    try:
-        lupa = importlib.import_module(module)
-    except ImportError:  # pragma: no cover - depends on the lupa build
-        pytest.skip(f"{module} not available")
+    lupa = importlib.import_module(module)  # lupa is in the test extra, with both runtimes
     return lupa.LuaRuntime(unpack_returned_tuples=True, register_eval=False)
 
 
@@ -158,12 +156,16 @@ def test_script_uses_only_lua51_and_safe_libraries():
 
 
 def test_operator_status_shapes_map_as_documented():
-    """The status the operator really writes (builders.*_status) gets the expected verdicts."""
-    builders = pytest.importorskip("datasetprep_operator.builders")
+    """The status the operator really writes (datasetprep_operator.status) gets the expected verdicts."""
+    from datasetprep.spec import DatasetPrepStatus
+    from datasetprep_operator.status import failed_status, running_status
+
     now = "2025-01-01T00:00:00Z"
-    running = builders.running_status({}, job="wikitext-1a2b", generation=1, now=now, start_time=None)
+    running = running_status(DatasetPrepStatus(), job="wikitext-1a2b", generation=1, now=now,
+                             start_time=None).to_patch()
     assert health(dsp(status=running))["status"] == "Progressing"
-    failed = builders.failed_status({}, reason="InvalidSpec", message=STALLED_MSG, generation=1, now=now)
+    failed = failed_status(DatasetPrepStatus(), reason="InvalidSpec", message=STALLED_MSG, generation=1,
+                           now=now).to_patch()
     hs = health(dsp(status=failed))
     assert hs == {"status": "Degraded", "message": STALLED_MSG}
     # a spec change the operator has not seen yet: Progressing, not the old Degraded
@@ -176,6 +178,7 @@ def test_argocd_cm_patch_embeds_the_script_verbatim():
     assert cm["kind"] == "ConfigMap" and cm["metadata"] == {**cm["metadata"], "name": "argocd-cm",
                                                             "namespace": "argocd"}
     assert cm["data"][HEALTH_KEY] == SCRIPT
+    assert cm["data"][BLEND_HEALTH_KEY] == SCRIPT  # the same script serves DatasetBlends
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -190,8 +193,9 @@ def test_chart_application():
     assert (REPO / src["path"] / "Chart.yaml").exists()
     assert "ServerSideApply=true" in app["spec"]["syncPolicy"]["syncOptions"]
     # the values it sets are valid chart values
-    jsonschema = pytest.importorskip("jsonschema")
     import json
+
+    import jsonschema
 
     schema = json.loads((REPO / src["path"] / "values.schema.json").read_text())
     values = yaml.safe_load((REPO / src["path"] / "values.yaml").read_text())
@@ -214,8 +218,9 @@ def test_sync_wave_example():
     assert wave["DatasetPrep"] == 0 and wave["Job"] == 1 and wave["PersistentVolumeClaim"] <= 0
 
     # the DatasetPrep is valid for the spec model (the same one the CRD is generated from)
-    spec_mod = pytest.importorskip("datasetprep.spec")
-    spec = spec_mod.parse_spec(objs["DatasetPrep"]["spec"])
+    from datasetprep.spec import parse_spec
+
+    spec = parse_spec(objs["DatasetPrep"]["spec"])
     name = objs["DatasetPrep"]["metadata"]["name"]
     cm_name = spec.training_config.config_map_name or f"{name}-training"
     assert cm_name == f"{name}-training"
@@ -241,3 +246,37 @@ def test_sync_wave_example():
     # the operator Application gives that namespace the job ServiceAccount
     (op,) = _docs(ARGO / "application-operator.yaml")
     assert kust["namespace"] in op["spec"]["source"]["helm"]["valuesObject"]["jobServiceAccount"]["namespaces"]
+
+
+# ------------------------------------------------------------------------------------ DatasetBlend
+def dsb(generation: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {"apiVersion": "datasetprep.io/v1alpha1", "kind": "DatasetBlend",
+                           "metadata": {"name": "mix", "namespace": "ml-team", "generation": generation},
+                           "spec": {"components": [{"datasetPrep": "wiki", "weight": 1}]}}
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+@pytest.mark.parametrize("module", RUNTIMES)
+def test_blend_statuses_the_operator_writes(module):
+    """Each blend status the operator really writes (datasetprep_operator.blendstatus) gets its verdict."""
+    from datasetprep.blendspec import DatasetBlendStatus
+    from datasetprep_operator.blendstatus import progressing_status, ready_status, stalled_status
+
+    now, empty = "2025-01-01T00:00:00Z", DatasetBlendStatus()
+    waiting = progressing_status(empty, reason="WaitingForComponents", message="waiting for DatasetPrep code is not "
+                                 "Ready for generation 2 (Running, 40%)", generation=1, now=now).to_patch()
+    hs = health(dsb(status=waiting), module)
+    assert hs["status"] == "Progressing" and "waiting for DatasetPrep code" in hs["message"]
+    writing = progressing_status(empty, reason="WritingFiles", message="Job mix-files-ab12cd34 is checking the "
+                                 "datasets", generation=1, now=now).to_patch()
+    assert health(dsb(status=writing), module)["status"] == "Progressing"
+    stalled = stalled_status(empty, reason="IncompatibleComponents", message="these components cannot be blended: "
+                             "different tokenizers", generation=1, now=now).to_patch()
+    assert health(dsb(status=stalled), module) == {
+        "status": "Degraded", "message": "these components cannot be blended: different tokenizers"}
+    ready = ready_status(empty, message="2 components, 1,000 tokens", generation=1, now=now).to_patch()
+    assert health(dsb(status=ready), module) == {"status": "Healthy", "message": "2 components, 1,000 tokens"}
+    assert health(dsb(generation=2, status=ready), module)["status"] == "Progressing"  # spec changed, not seen yet
+    assert health(dsb(), module)["status"] == "Progressing"

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from datasetprep_operator import permissions
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,28 +32,20 @@ CHART = REPO / "charts" / "datasetprep-operator"
 CI = CHART / "ci"
 CRD_FILE = "datasetprep.io_datasetpreps.yaml"
 CRD_NAME = "datasetpreps.datasetprep.io"
+BLEND_CRD_NAME = "datasetblends.datasetprep.io"
+BLEND_CRD_FILE = "datasetprep.io_datasetblends.yaml"
 RELEASE, NS = "dsp", "dsp-system"
 FULL = "dsp-datasetprep-operator"
 
 # ---------------------------------------------------------------------------------------------
-# The exact operator RBAC. Changing it is a conscious decision: update docs/install.md too.
-# (apiGroup, resource) -> verbs
-OPERATOR_NAMESPACED_RULES: dict[tuple[str, str], set[str]] = {
-    ("datasetprep.io", "datasetpreps"): {"get", "list", "watch", "patch"},
-    ("datasetprep.io", "datasetpreps/status"): {"patch"},
-    ("datasetprep.io", "datasetpreps/finalizers"): {"update"},
-    ("batch", "jobs"): {"create", "get", "list", "watch", "patch", "delete"},
-    ("", "configmaps"): {"create", "get", "list", "watch", "patch", "update", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "pods/log"): {"get"},
-    ("", "persistentvolumeclaims"): {"get"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-}
-OPERATOR_CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
-CLUSTER_PEERING_RULES = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
-NAMESPACED_PEERING_RULES = {("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
-JOB_RULES = {("", "pods"): {"get", "patch"}}
+# The exact operator RBAC: the table of what the code uses (datasetprep_operator.permissions),
+# per watch mode. (apiGroup, resource) -> verbs
+OPERATOR_NAMESPACED_RULES = permissions.rules("cluster", False, cluster=False)
+OPERATOR_CRD_RULES = permissions.rules("cluster", False, cluster=True)
+CLUSTER_PEERING_RULES = {k: v for k, v in permissions.rules("cluster", True, cluster=True).items()
+                         if k not in OPERATOR_CRD_RULES}
+NAMESPACED_PEERING_RULES = {k: v for k, v in permissions.rules("namespaces", True, cluster=False).items()
+                            if k not in OPERATOR_NAMESPACED_RULES}
 
 STANDARD_LABELS = ("helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance",
                    "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of")
@@ -166,6 +160,12 @@ def test_helm_version_is_the_pinned_one(helm, helm_env):
     ["--set", "replicaCount=-1"],
     ["--set", "jobImage.pullPolicy=Sometimes"],
     ["--set", "securityContext.runAsRoot=true"],
+    ["--set", "networkPolicy.jobs.hubPort=8080"],
+    ["--set-json", "networkPolicy.jobs.hubPorts=[0]"],
+    ["--set-json", "networkPolicy.jobs.hubPorts=[]"],
+    ["--set-json", 'networkPolicy.jobs.hubPeers=[{"ipBlock":{"except":["10.0.0.0/8"]}}]'],
+    ["--set-json", 'networkPolicy.apiServer.peers=[{"ipblock":{"cidr":"10.0.0.1/32"}}]'],
+    ["--set-json", 'networkPolicy.jobs.extraEgress=[{"to":[],"port":[{"port":3128}]}]'],
 ])
 def test_schema_rejects_bad_values(helm, helm_env, bad):
     err = _template_fails(helm, helm_env, *bad)
@@ -352,6 +352,21 @@ def test_deployment_env(render):
     assert "envFrom" not in c
 
 
+def test_job_pod_settings_reach_the_operator_as_it_parses_them(render):
+    """jobResources, jobTmpSizeLimit, jobVolumeInit: the chart's defaults are the operator's own."""
+    from datasetprep_operator.config import DEFAULT_JOB_RESOURCES, OperatorConfig
+
+    def config(values: dict) -> OperatorConfig:
+        c = render(values).one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+        return OperatorConfig.from_env({e["name"]: e["value"] for e in c["env"] if "value" in e})
+
+    default = config({})
+    assert default.job_resources == DEFAULT_JOB_RESOURCES and default.job_volume_init is False
+    custom = config({"jobResources.limits.memory": "16Gi", "jobTmpSizeLimit": "10Gi", "jobVolumeInit.enabled": True})
+    assert dict(custom.job_resources.limits)["memory"] == "16Gi" and custom.job_resources.tmp_size_limit == "10Gi"
+    assert custom.job_volume_init is True
+
+
 def test_image_digest_wins_over_tag(render):
     digest = "sha256:" + "ab" * 32
     d = render({"image.digest": digest, "image.tag": "1.2.3", "jobImage.digest": digest}).one("Deployment")
@@ -394,7 +409,7 @@ def test_peering_with_replicas(render):
     peering = r.one("ClusterKopfPeering", "datasetprep")
     assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     crds = {x["metadata"]["name"] for x in r.of("CustomResourceDefinition")}
-    assert crds == {CRD_NAME, "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    assert crds == {CRD_NAME, BLEND_CRD_NAME, "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
     assert _rules(r.one("ClusterRole", FULL)) == {**OPERATOR_CRD_RULES, **OPERATOR_NAMESPACED_RULES,
                                                  **CLUSTER_PEERING_RULES}
 
@@ -405,7 +420,7 @@ def test_peering_namespaced(render):
     assert {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in r.of("KopfPeering")} == \
         {("a", "datasetprep"), ("b", "datasetprep")}
     assert not r.of("ClusterKopfPeering")
-    assert {x["metadata"]["name"] for x in r.of("CustomResourceDefinition")} == {CRD_NAME}
+    assert {x["metadata"]["name"] for x in r.of("CustomResourceDefinition")} == {CRD_NAME, BLEND_CRD_NAME}
     for ns in ("a", "b"):
         assert _rules(r.one("Role", FULL, ns)) == {**OPERATOR_NAMESPACED_RULES, **NAMESPACED_PEERING_RULES}
 
@@ -413,7 +428,7 @@ def test_peering_namespaced(render):
 def test_no_peering_objects_when_standalone(render):
     r = render()
     assert not r.of("ClusterKopfPeering") and not r.of("KopfPeering")
-    assert {x["metadata"]["name"] for x in r.of("CustomResourceDefinition")} == {CRD_NAME}
+    assert {x["metadata"]["name"] for x in r.of("CustomResourceDefinition")} == {CRD_NAME, BLEND_CRD_NAME}
 
 
 def test_invalid_watch_mode_is_refused_even_without_schema(helm, helm_env):
@@ -435,11 +450,10 @@ def test_rbac_cluster_mode_exact(render):
 
 def test_rbac_namespaces_mode_exact(render):
     r = render({"watch.mode": "namespaces", "watch.namespaces": ["team-a", "team-b"]})
-    # the only cluster-wide grant: read-only CRDs
-    assert _rules(r.one("ClusterRole", f"{FULL}-crds")) == OPERATOR_CRD_RULES
-    assert r.one("ClusterRoleBinding", f"{FULL}-crds")["subjects"] == [
-        {"kind": "ServiceAccount", "name": FULL, "namespace": NS}]
-    assert {c["metadata"]["name"] for c in r.of("ClusterRole")} == {f"{FULL}-crds", f"{FULL}-job"}
+    # nothing cluster-wide (exact names: kopf's scanning and CRD watch are off; the job pods have no
+    # permissions at all, so there is no job role to share)
+    assert not r.of("ClusterRole")
+    assert not r.of("ClusterRoleBinding")
     for ns in ("team-a", "team-b"):
         assert _rules(r.one("Role", FULL, ns)) == OPERATOR_NAMESPACED_RULES
         rb = r.one("RoleBinding", FULL, ns)
@@ -491,23 +505,81 @@ def test_every_rule_says_why(render, values):
                 + "\n".join(lines[max(0, i - 3):i + 3])
 
 
-def test_job_rbac_cluster_mode_defaults(render):
+MODES = [("cluster", False), ("namespaces", False), ("cluster", True), ("namespaces", True)]
+MODE_IDS = ["cluster", "namespaces", "cluster-peering", "namespaces-peering"]
+
+
+def _mode_values(mode: str, peering: bool) -> dict[str, Any]:
+    values: dict[str, Any] = {"replicaCount": 2 if peering else 1}
+    if mode == "namespaces":
+        values.update({"watch.mode": "namespaces", "watch.namespaces": ["a", "b"]})
+    return values
+
+
+def _merge(*rule_sets: dict[tuple[str, str], set[str]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rules in rule_sets:
+        for key, verbs in rules.items():
+            out.setdefault(key, set()).update(verbs)
+    return out
+
+
+@pytest.mark.parametrize("mode,peering", MODES, ids=MODE_IDS)
+def test_operator_rbac_is_exactly_the_table_of_what_the_code_uses(render, mode, peering):
+    """The operator's roles grant the rows of datasetprep_operator.permissions that apply, nothing else."""
+    r = render(_mode_values(mode, peering))
+    cluster_wide = permissions.rules(mode, peering, cluster=True)
+    per_namespace = permissions.rules(mode, peering, cluster=False)
+    if mode == "cluster":  # one ClusterRole, bound cluster-wide: its namespaced rules apply everywhere
+        assert _rules(r.one("ClusterRole", FULL)) == _merge(cluster_wide, per_namespace)
+    else:
+        assert cluster_wide == {} and not r.of("ClusterRoleBinding")  # nothing cluster-wide
+        for ns in ("a", "b"):
+            assert _rules(r.one("Role", FULL, ns)) == per_namespace
+
+
+@pytest.mark.parametrize("mode,peering", MODES, ids=MODE_IDS)
+def test_every_rule_names_who_needs_it_as_the_table_does(render, mode, peering):
+    """The comment above each operator rule names each of the table's `who` (Framework/Application)
+    for that resource, so the chart and the table tell the same story."""
+    r = render(_mode_values(mode, peering))
+    who = {(p.group, p.resource): set(p.who) for p in permissions.PERMISSIONS}
+    roles = [role for role in _all_roles(r) if not role["metadata"]["name"].endswith("-job")]
+    for role in roles:
+        lines = r.raw_of(role["kind"], role["metadata"]["name"], role["metadata"].get("namespace")).splitlines()
+        starts = [i for i, ln in enumerate(lines) if ln.lstrip().startswith("- apiGroups:")]
+        for i, rule in zip(starts, role["rules"]):
+            comment, j = [], i - 1
+            while j >= 0 and lines[j].lstrip().startswith("#"):
+                comment.insert(0, lines[j].strip())
+                j -= 1
+            said = set(re.findall(r"# (Framework|Application):", "\n".join(comment)))
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    assert said == who[(group, resource)], (
+                        f"{role['metadata']['name']}: the comment of {group or 'core'}/{resource} names "
+                        f"{sorted(said)}, the table {sorted(who[(group, resource)])}")
+
+
+def _job_sa_bindings(r) -> list:
+    """Every (Cluster)RoleBinding naming the job ServiceAccount."""
+    return [b for b in r.of("RoleBinding") + r.of("ClusterRoleBinding")
+            if any(s.get("name", "").endswith("-job") for s in b.get("subjects") or ())]
+
+
+def test_job_service_account_has_no_rights_and_no_token_cluster_mode_defaults(render):
     r = render()
-    assert _rules(r.one("ClusterRole", f"{FULL}-job")) == JOB_RULES
     sa = r.one("ServiceAccount", f"{FULL}-job")
-    assert sa["metadata"]["namespace"] == NS
-    rb = r.one("RoleBinding", f"{FULL}-job", NS)
-    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{FULL}-job"}
-    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULL}-job", "namespace": NS}]
+    assert sa["metadata"]["namespace"] == NS and sa["automountServiceAccountToken"] is False
+    assert not [c for c in r.of("ClusterRole") + r.of("Role") if c["metadata"]["name"].endswith("-job")]
+    assert _job_sa_bindings(r) == []
 
 
-def test_job_rbac_listed_namespaces(render):
+def test_job_service_accounts_in_listed_namespaces(render):
     r = render({}, CI / "cluster-values.yaml")
     for ns in ("ml-data", "ml-train"):
-        assert r.one("ServiceAccount", f"{FULL}-job", ns)
-        rb = r.one("RoleBinding", f"{FULL}-job", ns)
-        assert rb["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULL}-job", "namespace": ns}]
-    assert {b["metadata"]["namespace"] for b in r.of("RoleBinding")} == {"ml-data", "ml-train"}
+        assert r.one("ServiceAccount", f"{FULL}-job", ns)["automountServiceAccountToken"] is False
+    assert _job_sa_bindings(r) == []
 
 
 def test_job_rbac_follows_watched_namespaces(render):
@@ -526,17 +598,18 @@ def test_rbac_create_false(render):
 
 
 # ------------------------------------------------------------------------------------ CRDs
-def test_crd_installed_and_kept_by_default(render):
-    crd = render().one("CustomResourceDefinition", CRD_NAME)
+@pytest.mark.parametrize("name,file,short", [(CRD_NAME, CRD_FILE, "dsp"), (BLEND_CRD_NAME, BLEND_CRD_FILE, "dsb")])
+def test_crd_installed_and_kept_by_default(render, name, file, short):
+    crd = render().one("CustomResourceDefinition", name)
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["metadata"]["annotations"]["argocd.argoproj.io/sync-options"] == "Delete=false,Prune=false"
     for label in STANDARD_LABELS:
         assert label in crd["metadata"]["labels"]
-    source = yaml.safe_load((CHART / "files" / "crds" / CRD_FILE).read_text())
+    source = yaml.safe_load((CHART / "files" / "crds" / file).read_text())
     # embedded verbatim: same structure and the same scalar types (no int turned into a float)
     assert json.dumps(crd["spec"], sort_keys=True) == json.dumps(source["spec"], sort_keys=True)
     assert crd["metadata"]["name"] == source["metadata"]["name"]
-    assert crd["spec"]["names"]["shortNames"] == ["dsp"]
+    assert crd["spec"]["names"]["shortNames"] == [short]
 
 
 def test_crd_keep_off(render):
@@ -551,12 +624,13 @@ def test_crd_not_installed(render):
     assert not r.of("CustomResourceDefinition")
 
 
-def test_chart_crd_is_a_copy_of_crds_dir():
+@pytest.mark.parametrize("file", [CRD_FILE, BLEND_CRD_FILE])
+def test_chart_crd_is_a_copy_of_crds_dir(file):
     """charts/.../files/crds/ must equal crds/ byte for byte (charts/sync-crds.sh copies it)."""
-    src = REPO / "crds" / CRD_FILE
+    src = REPO / "crds" / file
     if not src.exists():
         pytest.skip(f"{src.relative_to(REPO)} is not generated yet; the chart embeds a placeholder")
-    dst = CHART / "files" / "crds" / CRD_FILE
+    dst = CHART / "files" / "crds" / file
     assert dst.read_bytes() == src.read_bytes(), "chart CRD is stale: run charts/sync-crds.sh"
 
 
@@ -597,8 +671,8 @@ def test_standard_labels_everywhere(render, values):
 
 
 def test_namespaced_objects_name_their_namespace(render):
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterKopfPeering"}
-    for d in render({"replicaCount": 2}).docs:
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterKopfPeering", "Namespace"}
+    for d in render({"replicaCount": 2, "jobServiceAccount.namespaces": ["j"]}).docs:
         assert ("namespace" in d["metadata"]) != (d["kind"] in cluster_scoped), d["kind"]
 
 
@@ -616,7 +690,7 @@ def _cli_accepts(argv: list[str]) -> str | None:
     import contextlib
     import io
 
-    cli = pytest.importorskip("datasetprep.cli")
+    from datasetprep import cli
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
@@ -641,3 +715,121 @@ def test_operator_cli_accepts_the_peering_args(render):
     argv = c["args"] + ["--priority=123"]  # what the shell wrapper appends
     problem = _cli_accepts(argv)
     assert problem is None, problem
+
+
+# --------------------------------------------------------------------------- network policies
+def _job_pod_labels() -> dict[str, str]:
+    """The labels of a job pod as the operator builds its Job (the real builder, not a copy)."""
+    from datasetprep.contract import RunPlan
+    from datasetprep.spec import parse_spec
+    from datasetprep_operator.config import OperatorConfig
+    from datasetprep_operator.jobs import build_job
+
+    spec = parse_spec({"source": {"files": {"paths": ["a.jsonl"]}}, "tokenizer": {"type": "null", "vocabSize": 9},
+                       "output": {"claimName": "data", "prefix": "x"}})
+    job = build_job(spec, RunPlan.stages(spec)[0], parent="x", namespace="ns", parent_uid="uid",
+                    config=OperatorConfig())
+    return job["spec"]["template"]["metadata"]["labels"]
+
+
+def _blend_files_pod_labels() -> dict[str, str]:
+    """The labels of a DatasetBlend's files Job pod, as the operator builds that Job."""
+    from datasetprep.contract import BlendOrder
+    from datasetprep_operator.blendjobs import build_files_job
+    from datasetprep_operator.config import OperatorConfig
+
+    order = BlendOrder(lists={"all": ()}, folder="blends/mix", version="0123abcd")
+    job = build_files_job(order, blend="mix", namespace="ns", blend_uid="uid", mounts={"data": "/data"},
+                          files_claim="data", config=OperatorConfig())
+    return job["spec"]["template"]["metadata"]["labels"]
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    selector = policy["spec"]["podSelector"]
+    assert set(selector) == {"matchLabels"}, selector
+    return all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+def _ports(rule: dict[str, Any]) -> set[tuple[Any, str]]:
+    return {(p["port"], p["protocol"]) for p in rule["ports"]}
+
+
+def test_network_policies_on_by_default(render):
+    r = render({}, CI / "cluster-values.yaml")
+    jobs = {p["metadata"]["namespace"]: p for p in r.of("NetworkPolicy") if p["metadata"]["name"] == f"{FULL}-job"}
+    assert set(jobs) == {"ml-data", "ml-train"}  # where the job ServiceAccount is, the policy is
+    operator = r.one("NetworkPolicy", FULL, NS)
+    assert len(r.of("NetworkPolicy")) == 3
+    for policy in [*jobs.values(), operator]:
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+
+def test_job_pods_policy_no_ingress_egress_dns_and_hub(render):
+    r = render()
+    policy = r.one("NetworkPolicy", f"{FULL}-job", NS)
+    assert _selects(policy, _job_pod_labels()), "the job pods' NetworkPolicy does not select the operator's job pods"
+    assert _selects(policy, _blend_files_pod_labels()), "nor a DatasetBlend's files Job pods"
+    assert not _selects(policy, r.one("Deployment")["spec"]["template"]["metadata"]["labels"])
+    assert policy["spec"]["ingress"] == []  # nothing may connect to a job pod
+    egress = policy["spec"]["egress"]
+    assert _ports(egress[0]) == {(53, "UDP"), (53, "TCP")} and "to" not in egress[0]
+    assert _ports(egress[1]) == {(443, "TCP")} and "to" not in egress[1]
+    # not the API server: job pods have no API credentials and no Role (progress goes to their log)
+    assert len(egress) == 2
+    assert not [c for c in r.of("ClusterRole") + r.of("Role") if c["metadata"]["name"].endswith("-job")]
+
+
+def test_job_pods_policy_for_a_mirror_and_a_proxy(render):
+    proxy = {"to": [{"ipBlock": {"cidr": "10.0.5.10/32"}}], "ports": [{"port": 3128, "protocol": "TCP"}]}
+    dns = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+    r = render({"networkPolicy.jobs.hubPorts": [443, 8080], "networkPolicy.jobs.hubPeers": [{"ipBlock": {
+        "cidr": "10.20.0.0/16", "except": ["10.20.1.0/24"]}}], "networkPolicy.jobs.dnsPeers": dns,
+        "networkPolicy.jobs.extraEgress": [proxy]})
+    egress = r.one("NetworkPolicy", f"{FULL}-job", NS)["spec"]["egress"]
+    assert egress[0]["to"] == dns
+    assert _ports(egress[1]) == {(443, "TCP"), (8080, "TCP")}
+    assert egress[1]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.1.0/24"]}}]
+    assert egress[-1] == proxy
+
+
+def test_operator_policy_probes_and_scrapes_in_api_server_out(render):
+    r = render({"networkPolicy.operator.metricsFrom": [{"namespaceSelector": {"matchLabels": {"team": "mon"}}}],
+                "networkPolicy.apiServer.peers": [{"ipBlock": {"cidr": "10.0.0.10/32"}}]})
+    policy = r.one("NetworkPolicy", FULL, NS)
+    pod = r.one("Deployment")["spec"]["template"]
+    assert _selects(policy, pod["metadata"]["labels"]) and not _selects(policy, _job_pod_labels())
+    container_ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    health, metrics = policy["spec"]["ingress"]
+    assert _ports(health) == {("health", "TCP")} and "from" not in health  # the kubelet's probes
+    assert _ports(metrics) == {("metrics", "TCP")} and metrics["from"] == [{"namespaceSelector": {"matchLabels": {
+        "team": "mon"}}}]
+    assert {port for rule in (health, metrics) for port, _ in _ports(rule)} <= container_ports
+    (api,) = policy["spec"]["egress"]
+    assert _ports(api) == {(443, "TCP"), (6443, "TCP")} and api["to"] == [{"ipBlock": {"cidr": "10.0.0.10/32"}}]
+    # no metrics: no metrics port open
+    ingress = render({"metrics.enabled": False}).one("NetworkPolicy", FULL, NS)["spec"]["ingress"]
+    assert [_ports(rule) for rule in ingress] == [{("health", "TCP")}]
+
+
+def test_network_policies_follow_the_watched_namespaces_and_can_be_off(render):
+    r = render({"watch.mode": "namespaces", "watch.namespaces": ["a", "b"]})
+    assert {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in r.of("NetworkPolicy")} == {
+        ("a", f"{FULL}-job"), ("b", f"{FULL}-job"), (NS, FULL)}
+    assert not render({"networkPolicy.enabled": False}).of("NetworkPolicy")
+
+
+# ------------------------------------------------------------------------------ namespaces
+def test_namespaces_the_chart_needs_are_rendered_to_be_created_and_kept(render):
+    """`helm template` cannot look namespaces up, so it renders every one the chart puts objects in
+    (tests/test_chart_cluster.py: `helm install` creates only the missing ones)."""
+    r = render({"namespaces.labels": {"pod-security.kubernetes.io/enforce": "baseline"}}, CI / "cluster-values.yaml")
+    assert {n["metadata"]["name"] for n in r.of("Namespace")} == {"ml-data", "ml-train"}
+    for ns in r.of("Namespace"):
+        assert ns["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep",
+                                                 "argocd.argoproj.io/sync-options": "Delete=false,Prune=false"}
+        assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
+    r = render({"watch.mode": "namespaces", "watch.namespaces": ["a", NS], "jobServiceAccount.namespaces": ["c"]})
+    assert {n["metadata"]["name"] for n in r.of("Namespace")} == {"a", "c"}  # never the release namespace: Helm's
+    assert not render().of("Namespace")
+    assert not render({"namespaces.create": False}, CI / "cluster-values.yaml").of("Namespace")

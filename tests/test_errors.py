@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
 import sys
 import time
 
-import pytest
 
 from datasetprep import cli
-from paths import CORPUS_A, HF_DIR, SP_MODEL
+from paths import HF_DIR, SP_MODEL
 
 
 def _run(tmp_path, capsys, inputs, *extra, model=SP_MODEL, workers=2):
@@ -23,13 +21,9 @@ def _run(tmp_path, capsys, inputs, *extra, model=SP_MODEL, workers=2):
     return rc, err, out
 
 
-def _nothing_published(out):
-    d = out.parent
-    if not d.exists():
-        return True
-    left = [p.name for p in d.iterdir()]
-    assert left == [], left
-    return True
+def _leftovers(out) -> list[str]:
+    """What a failed run left in its output folder (it must leave nothing)."""
+    return sorted(p.name for p in out.parent.iterdir()) if out.parent.exists() else []
 
 
 def _write(path, lines, mode="w"):
@@ -47,7 +41,7 @@ def test_malformed_json_names_the_line(tmp_path, capsys):
     rc, err, out = _run(tmp_path, capsys, [f])
     assert rc == 1
     assert f"{f}:301: malformed JSON" in err
-    assert _nothing_published(out) is True
+    assert _leftovers(out) == []
 
 
 def test_missing_key_names_the_field(tmp_path, capsys):
@@ -55,7 +49,7 @@ def test_missing_key_names_the_field(tmp_path, capsys):
     rc, err, out = _run(tmp_path, capsys, [f])
     assert rc == 1 and f"{f}:11: record has no field 'text' (its fields: content, id)" in err
     assert "--json-keys" in err
-    assert _nothing_published(out) is True
+    assert _leftovers(out) == []
 
 
 def test_non_string_field(tmp_path, capsys):
@@ -69,7 +63,7 @@ def test_non_utf8_bytes(tmp_path, capsys):
     f.write_bytes(_good_lines(5).encode() + b'{"text": "caf\xe9"}\n')
     rc, err, out = _run(tmp_path, capsys, [f])
     assert rc == 1 and f"{f}:6: not valid UTF-8 (byte 0xe9" in err
-    assert _nothing_published(out) is True
+    assert _leftovers(out) == []
 
 
 def test_empty_line_and_bom(tmp_path, capsys):
@@ -107,7 +101,7 @@ def test_bad_tokenizers(tmp_path, capsys):
     assert rc == 1 and "does not exist" in err
     rc, err, out = _run(tmp_path, capsys, [f], "--tokenizer-type", "SentencePieceTokenizer", model=HF_DIR)
     assert rc == 1 and "is a HuggingFace tokenizer.json, not a SentencePiece model" in err
-    assert _nothing_published(out) is True
+    assert _leftovers(out) == []
 
 
 def test_unwritable_output(tmp_path, capsys):

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datasetprep import cli, indexed, pipeline, tokenization
+from datasetprep import cli, indexed, pipeline, pool, tokenization
 from datasetprep.indexed import FormatError, IndexedDataset
 from datasetprep.merge import merge
-from datasetprep.pipeline import BinarizeError
+from datasetprep.errors import BinarizeError, InputError
 from paths import CORPUS_A, GOLDEN, HF_DIR, SP_MODEL, read_texts
 
 
@@ -50,11 +50,11 @@ def test_save_to_disk_folder_gives_the_same_bytes(tmp_path):
 def test_parquet_missing_column_and_null(tmp_path):
     f = tmp_path / "x.parquet"
     pq.write_table(pa.table({"content": ["a", "b"]}), f)
-    with pytest.raises(Exception, match="has no column 'text'.*content"):
+    with pytest.raises(InputError, match="has no column 'text'.*content"):
         _run([f], tmp_path / "o")
     g = tmp_path / "y.parquet"
     pq.write_table(pa.table({"text": ["a", None]}), g)
-    with pytest.raises(Exception, match="row 1: field 'text' is null"):
+    with pytest.raises(InputError, match="row 1: field 'text' is null"):
         _run([g], tmp_path / "o2")
 
 
@@ -63,7 +63,7 @@ def test_multiple_keys_one_output_each(tmp_path):
     rows = [{"title": f"Title {i}", "content": f"Body of document {i}. " * (i + 1)} for i in range(50)]
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     m = _run([f], tmp_path / "b", keys=("content", "title"), model=HF_DIR)
-    assert [o["prefix"] for o in m["outputs"]] == ["b_content_document", "b_title_document"]
+    assert [o.prefix for o in m.outputs] == ["b_content_document", "b_title_document"]
     tok = tokenization.load_tokenizer("auto", HF_DIR)
     for key in ("content", "title"):
         ds = IndexedDataset(tmp_path / f"b_{key}_document")
@@ -129,7 +129,7 @@ def test_reader_rejects_corrupt_files(tmp_path):
 
 
 def test_pack_matches_megatron_rules():
-    toks, lens, docs = pipeline.pack([[5, 6], [], [7]], 2, np.dtype(np.uint16))
+    toks, lens, docs = pool.pack([[5, 6], [], [7]], 2, np.dtype(np.uint16))
     assert toks.tolist() == [5, 6, 2, 7, 2] and lens.tolist() == [3, 2] and docs.tolist() == [1, 0, 1]
-    toks, lens, docs = pipeline.pack([[5, 6], [], [7]], None, np.dtype(np.uint16))
+    toks, lens, docs = pool.pack([[5, 6], [], [7]], None, np.dtype(np.uint16))
     assert toks.tolist() == [5, 6, 7] and lens.tolist() == [2, 1]

@@ -36,12 +36,12 @@ def test_matches_megatron(tmp_path, case, workers, chunk):
     assert _sha(indexed.idx_path(got)) == meta["sha256"]["idx"]
     assert indexed.bin_path(got).read_bytes() == indexed.bin_path(case["prefix"]).read_bytes()
     assert indexed.idx_path(got).read_bytes() == indexed.idx_path(case["prefix"]).read_bytes()
-    o = m["outputs"][0]
-    assert (o["documents"], o["sequences"], o["tokens"], o["dtype"]) == (
+    o = m.outputs[0]
+    assert (o.documents, o.sequences, o.tokens, o.dtype) == (
         meta["document_count"], meta["sequence_count"], meta["token_count"], meta["dtype"])
-    assert o["bin_sha256"] == meta["sha256"]["bin"] and o["idx_sha256"] == meta["sha256"]["idx"]
-    assert m["tokenizer"]["vocab_size"] == meta["vocab_size"]
-    assert m["tokenizer"]["eod_id"] == meta["eod_id"]
+    assert o.bin_sha256 == meta["sha256"]["bin"] and o.idx_sha256 == meta["sha256"]["idx"]
+    assert m.tokenizer.vocab_size == meta["vocab_size"]
+    assert m.tokenizer.eod_id == meta["eod_id"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])

@@ -17,7 +17,7 @@ import pytest
 
 from datasetprep import hub
 from datasetprep.spec import DatasetPrepSpec, HubDatasetSource, HubTokenizerSource
-from hubserver import (  # noqa: F401 - fixtures are used by name
+from hubserver import (
     CSV_EXPORT_SHA,
     CSV_REPO,
     FLAKY_FILE,
@@ -29,6 +29,7 @@ from hubserver import (  # noqa: F401 - fixtures are used by name
     GOOD_TOKEN,
     LAYOUT_REPO,
     LAYOUT_SHA,
+    LAYOUTS,
     MISSING_REPO,
     PRIVATE_REPO,
     SPM_MODEL_REPO,
@@ -37,8 +38,6 @@ from hubserver import (  # noqa: F401 - fixtures are used by name
     TINY_REPO,
     TINY_SHA,
     WRONG_TOKEN,
-    _fake_hub_server,
-    fake_hub,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -98,9 +97,11 @@ def test_download_gives_the_served_bytes_and_records_the_sha(fake_hub, tmp_path,
         assert p.read_bytes() == fake_hub.data.file(TINY_REPO, f.path).data
     recs = [x for p in paths for x in _read_records(p)]
     assert recs == fake_hub.data.records[(TINY_REPO, "en", "train")]
-    # revision -> sha recorded for offline replay; no temp files left behind
+    # revision -> sha recorded for offline replay; no temp files left behind, only the stamps that
+    # remember each file was verified against its listed sha256
     assert (tmp_path / "cache/datasets/acme--tiny-corpus/refs/main").read_text() == TINY_SHA
-    assert not [p for p in root.rglob("*") if p.name.startswith(".")]
+    hidden = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.name.startswith("."))
+    assert hidden == [f"en/.{p.name}.verified" for p in paths]
     # LFS content came from the "CDN" origin, and the Authorization header never went there
     assert fake_hub.count("GET", "/cdn/") == 2
 
@@ -217,15 +218,39 @@ def test_data_files_patterns(fake_hub, fast):
     assert "en/train-00000-of-00002.parquet" in str(e.value)  # shows what is there
 
 
-def test_data_file_resolution_matches_the_datasets_library(fake_hub, fast):
-    datasets = pytest.importorskip("datasets")
-    for repo, subset, sha in ((TINY_REPO, "en", TINY_SHA), (LAYOUT_REPO, None, LAYOUT_SHA)):
-        builder = datasets.load_dataset_builder(repo, name=subset, revision=sha)
-        for split, theirs in builder.config.data_files.items():
-            ours = hub.resolve_dataset(_src(repo=repo, subset=subset, split=split, revision=sha), None, retry=fast)
-            prefix = f"hf://datasets/{repo}@{sha}/"
-            assert [f.path for f in ours.files] == [str(t)[len(prefix):] for t in theirs], (repo, split)
-    # and the records of a streamed split are those datasets streams
+#: (repo, commit, our subset, the datasets library's arguments for the same subset)
+RESOLUTION_CASES = [
+    (TINY_REPO, TINY_SHA, "en", {"name": "en"}),
+    (TINY_REPO, TINY_SHA, "fr", {"name": "fr"}),
+    (LAYOUT_REPO, LAYOUT_SHA, None, {}),
+    (LAYOUT_REPO, LAYOUT_SHA, "extra", {"data_dir": "extra"}),
+    *[(repo, sha, None, {}) for repo, (sha, _, front) in LAYOUTS.items() if front is None],
+    ("acme/config-data-dir", LAYOUTS["acme/config-data-dir"][0], "a", {"name": "a"}),
+    ("acme/config-data-dir", LAYOUTS["acme/config-data-dir"][0], "b", {"name": "b"}),
+    ("acme/config-mapping", LAYOUTS["acme/config-mapping"][0], None, {}),
+]
+
+
+@pytest.mark.parametrize("repo,sha,subset,theirs_kw", RESOLUTION_CASES,
+                         ids=[f"{c[0].split('/')[1]}-{c[2] or 'default'}" for c in RESOLUTION_CASES])
+def test_data_file_resolution_matches_the_datasets_library(fake_hub, fast, repo, sha, subset, theirs_kw):
+    """Ours (hub/layout.py) and the datasets library pick the same files for every split of a subset,
+    in the same order, over README configs (with data_dir, data_files lists and mappings) and the
+    conventional layouts (shards, split folders, split names, one file, a folder as subset)."""
+    import datasets
+
+    builder = datasets.load_dataset_builder(repo, revision=sha, **theirs_kw)
+    prefix = f"hf://datasets/{repo}@{sha}/"
+    theirs = {str(split): [str(t)[len(prefix):] for t in files] for split, files in builder.config.data_files.items()}
+    assert theirs, (repo, subset)
+    ours = {split: [f.path for f in hub.resolve_dataset(_src(repo=repo, subset=subset, split=split, revision=sha),
+                                                        None, retry=fast).files] for split in theirs}
+    assert ours == theirs
+
+
+def test_streamed_records_match_the_datasets_library(fake_hub, fast):
+    import datasets
+
     r = hub.resolve_dataset(_src(split="validation", revision=TINY_SHA), None, retry=fast)
     theirs = list(datasets.load_dataset(TINY_REPO, name="en", split="validation", streaming=True, revision=TINY_SHA))
     assert list(hub.iter_streaming_records(r, None, retry=fast)) == theirs
@@ -244,7 +269,7 @@ def test_layout_inference_units():
 
 
 def test_glob_semantics_match_fsspec():
-    fsspec = pytest.importorskip("fsspec")
+    import fsspec
     files = ["README.md", "data/train-00000-of-00001.parquet", "data/sub/train-1.jsonl", "train.csv",
              "en/train/0000.parquet", "en/validation/0000.parquet", ".hidden/train.jsonl", "a/.b.jsonl",
              "x_train_y.jsonl", "__pycache__/train.jsonl", "docs/readme.txt"]
@@ -607,3 +632,58 @@ def test_no_implicit_token(fake_hub, tmp_path, fast, monkeypatch):
     with pytest.raises(hub.HubAuthError):
         hub.fetch_tokenizer(HubTokenizerSource(repo=GATED_MODEL_REPO), tmp_path, None, retry=fast)
     assert all("authorization" not in x.headers for x in fake_hub.requests)
+
+
+# --------------------------------------------------------------------- the NeMo guide's case, and errors that say what to do
+def test_llama31_layout_a_root_tokenizer_model_is_refused_naming_where_it_is(fake_hub, tmp_path, fast):
+    """Llama 3.1 keeps tokenizer.json at the root and the tiktoken ranks at original/tokenizer.model."""
+    from hubserver import LLAMA31_REPO
+
+    with pytest.raises(hub.HubNotFoundError) as e:
+        hub.fetch_tokenizer(HubTokenizerSource(repo=LLAMA31_REPO, file="tokenizer.model"), tmp_path, GOOD_TOKEN,
+                            retry=fast)
+    msg = str(e.value)
+    assert msg.startswith(f"not found: check repo id / revision / file: file 'tokenizer.model' is not in model repo "
+                          f"{LLAMA31_REPO} at revision 'main'")
+    assert msg.endswith("tokenizer files there: original/tokenizer.model, special_tokens_map.json, tokenizer.json, "
+                        "tokenizer_config.json -- set tokenizer.hub.file: original/tokenizer.model"), msg
+    path, _ = hub.fetch_tokenizer(HubTokenizerSource(repo=LLAMA31_REPO, file="original/tokenizer.model"), tmp_path,
+                                  GOOD_TOKEN, retry=fast)
+    assert path.read_bytes() == fake_hub.data.llama_ranks
+    assert (path.parents[1] / "tokenizer_config.json").is_file()  # from the root: the folder has none
+    path, _ = hub.fetch_tokenizer(HubTokenizerSource(repo=LLAMA31_REPO), tmp_path, GOOD_TOKEN, retry=fast)
+    assert path.name == "tokenizer.json"  # `file` unset: the root's tokenizer.json
+
+
+def test_a_cluster_without_a_route_to_the_hub_is_told_apart_from_a_failing_hub(fake_hub, sleeps):
+    policy = hub.RetryPolicy(max_attempts=2, base_delay=0.01, sleep=sleeps)
+    with pytest.raises(hub.HubUnreachableError) as e:  # DNS
+        hub.resolve_dataset(_src(), None, endpoint="http://no-such-hub.invalid", retry=policy)
+    msg = str(e.value)
+    assert msg.startswith("cannot reach the Hub at http://no-such-hub.invalid (read repo info at revision 'main', "
+                          "dataset repo acme/tiny-corpus) after 2 attempt(s) in ")
+    assert "the name no-such-hub.invalid does not resolve (DNS: " in msg
+    for check in ("job pods may connect to no-such-hub.invalid:80", "networkPolicy.jobs.hubPorts",
+                  "HF_ENDPOINT is right (it is http://no-such-hub.invalid)", "HTTPS_PROXY, NO_PROXY",
+                  "DATASETPREP_JOB_ENV"):
+        assert check in msg, (check, msg)
+    assert "usually temporary" not in msg
+
+    import socket
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with pytest.raises(hub.HubUnreachableError, match=f"127.0.0.1 refused the connection. Check that the job pods "
+                                                      f"may connect to 127.0.0.1:{closed} "):
+        hub.resolve_dataset(_src(), None, endpoint=f"http://127.0.0.1:{closed}", retry=policy)
+
+    fake_hub.inject(r"/api/datasets/acme/tiny-corpus", status=503, times=10)
+    with pytest.raises(hub.HubUnavailableError) as e:  # the Hub answers, with errors
+        hub.resolve_dataset(_src(), None, retry=policy)
+    assert not isinstance(e.value, hub.HubUnreachableError)
+    assert f"the Hub at {fake_hub.endpoint} kept failing (read repo info" in str(e.value)
+    assert "last error: HTTP 503. This is usually temporary (a Hub outage or rate limit)" in str(e.value)
+    fake_hub.reset()
+    fake_hub.inject(r"/api/datasets/acme/tiny-corpus", status=429, times=10)
+    with pytest.raises(hub.HubUnavailableError, match="HTTP 429 is the Hub's rate limit: use a token"):
+        hub.resolve_dataset(_src(), None, retry=policy)

@@ -3,33 +3,39 @@ instead of a merged dataset (engine, `datasetprep run -f` and the job entrypoint
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
 from datasetprep import cli, indexed, merge, pipeline, tokenization
+from datasetprep.contract import TERMINATION_MESSAGE_MAX_BYTES, OutputFile, Published, RunPlan, TokenizerInfo
+from datasetprep.errors import BinarizeError
 from datasetprep.job import write_termination
-from paths import CORPUS_A, GOLDEN, REPO, SP_MODEL
-from test_run_and_job import make_volume
+from paths import CORPUS_A, GOLDEN, SP_MODEL, make_volume, volume_manifest
 
 G = GOLDEN / "a_spbpe_eod_text_document"
 
 
-def _req(out, n, workers=1, progress=None, keep=True):
+def _req(out, workers=1, progress=None):
     cfg = tokenization.resolve_config("sentencepiece", SP_MODEL)
     return pipeline.Request(inputs=[CORPUS_A], output_prefix=str(out), tokenizer=cfg, append_eod=True,
-                            workers=workers, chunk_bytes=150_000, progress=progress, overwrite=True,
-                            keep_shards=n if keep else 0)
+                            workers=workers, chunk_bytes=150_000, progress=progress, overwrite=True)
+
+
+def shard(i: int, n: int) -> RunPlan:
+    return RunPlan.shard(i, n, keep_shards=True)
+
+
+def merge_step(n: int) -> RunPlan:
+    return RunPlan(step="merge", shards=n, keep_shards=True)
 
 
 def _blend(path):
     """The blend list as Megatron-LM reads it (``f.read().split()``): [(weight, prefix), ...]."""
-    words = open(path).read().split()
+    words = Path(path).read_text().split()
     return [(float(words[i]), words[i + 1]) for i in range(0, len(words), 2)]
 
 
@@ -41,11 +47,11 @@ def _docs(prefix):
 @pytest.mark.parametrize("n", [2, 3])
 def test_shards_kept_hold_the_golden_documents_in_order(tmp_path, n):
     out = tmp_path / "ds"
-    infos = [pipeline.run(_req(out, n), shard=(i, n)) for i in range(n)]
-    assert all(i["published"] for i in infos)
-    m = pipeline.finish(_req(out, n))
+    infos = [pipeline.run_shard(_req(out), shard(i, n)) for i in range(n)]
+    assert all(i.published for i in infos)
+    m = pipeline.finish(_req(out), merge_step(n))
 
-    assert m["layout"] == "shards" and m["shards"] == n
+    assert m.layout == "shards" and m.shards == n
     assert not (tmp_path / "ds_text_document.bin").exists()  # nothing merged
     assert not list(tmp_path.glob(".datasetprep-*"))  # work folders gone: the parts live in the shards
     blend_file = tmp_path / "ds_text_document.blend.txt"
@@ -59,7 +65,7 @@ def test_shards_kept_hold_the_golden_documents_in_order(tmp_path, n):
     got = [d for p in expected for d in _docs(p)]
     assert len(got) == len(golden) and all(np.array_equal(a, b) for a, b in zip(got, golden))
     assert [w for w, _ in blend] == [indexed.IndexedDataset(p).num_tokens for p in expected]
-    assert sum(w for w, _ in blend) == indexed.IndexedDataset(G).num_tokens == m["outputs"][0]["tokens"]
+    assert sum(w for w, _ in blend) == indexed.IndexedDataset(G).num_tokens == m.outputs[0].tokens
 
     # ... and merging them gives the golden bytes (what `keepShards: false` would have published).
     merge.merge(expected, str(tmp_path / "merged_text_document"))
@@ -74,74 +80,66 @@ def test_shards_kept_hold_the_golden_documents_in_order(tmp_path, n):
 
 def test_restarted_shard_pod_finds_its_dataset_published(tmp_path):
     out = tmp_path / "ds"
-    pipeline.run(_req(out, 2), shard=(1, 2))
+    pipeline.run_shard(_req(out), shard(1, 2))
     before = (tmp_path / "ds_shard00001_text_document.bin").stat().st_mtime_ns
-    again = pipeline.run(_req(out, 2, workers=2), shard=(1, 2))  # another worker count: same work
-    assert again["already_published"] is True
+    again = pipeline.run_shard(_req(out, workers=2), shard(1, 2))  # another worker count: same work
+    assert again.already_published
     assert (tmp_path / "ds_shard00001_text_document.bin").stat().st_mtime_ns == before
 
 
 def test_finish_refuses_a_missing_or_changed_shard(tmp_path):
     out = tmp_path / "ds"
-    pipeline.run(_req(out, 2), shard=(0, 2))
-    with pytest.raises(pipeline.BinarizeError, match="shard 1 of 2 has not published"):
-        pipeline.finish(_req(out, 2))
-    pipeline.run(_req(out, 2), shard=(1, 2))
+    pipeline.run_shard(_req(out), shard(0, 2))
+    with pytest.raises(BinarizeError, match="shard 1 of 2 has not published"):
+        pipeline.finish(_req(out), merge_step(2))
+    pipeline.run_shard(_req(out), shard(1, 2))
     with open(tmp_path / "ds_shard00000_text_document.bin", "ab") as f:  # damaged after publishing
         f.write(b"\0\0")
-    with pytest.raises(pipeline.BinarizeError, match="shard 0 of 2 .* changed since"):
-        pipeline.finish(_req(out, 2))
+    with pytest.raises(BinarizeError, match="shard 0 of 2 .* changed since"):
+        pipeline.finish(_req(out), merge_step(2))
     assert not (tmp_path / "ds.manifest.json").exists()
-    again = pipeline.run(_req(out, 2), shard=(0, 2))  # its pod runs again: the chunks are still recorded
-    assert not again.get("already_published") and again["chunks_reused"] == again["chunks"]
-    pipeline.finish(_req(out, 2))
+    again = pipeline.run_shard(_req(out), shard(0, 2))  # its pod runs again: the chunks are still recorded
+    assert not again.already_published and again.chunks_reused == again.chunks
+    pipeline.finish(_req(out), merge_step(2))
     assert len(_blend(tmp_path / "ds_text_document.blend.txt")) == 2
 
 
 def test_empty_shards_have_weight_zero_and_stay_out_of_the_blend(tmp_path):
-    n_chunks = len(pipeline.plan(_req(tmp_path / "ds", 2))[1])
+    n_chunks = len(pipeline.plan(_req(tmp_path / "ds"))[1])
     n = n_chunks + 2  # more shards than chunks: two (or more) shards get nothing
     out = tmp_path / "ds"
     for i in range(n):
-        pipeline.run(_req(out, n), shard=(i, n))
-    m = pipeline.finish(_req(out, n))
-    shards = m["outputs"][0]["shards"]
-    assert len(shards) == n and sum(1 for s in shards if s["documents"] == 0) == n - n_chunks
+        pipeline.run_shard(_req(out), shard(i, n))
+    m = pipeline.finish(_req(out), merge_step(n))
+    shards = m.outputs[0].shards
+    assert len(shards) == n and sum(1 for s in shards if s.documents == 0) == n - n_chunks
     blend = _blend(tmp_path / "ds_text_document.blend.txt")
     assert len(blend) == n_chunks and all(w > 0 for w, _ in blend)
 
 
 def test_switching_layouts_leaves_no_stale_files(tmp_path):
     out = tmp_path / "ds"
-    pipeline.run(_req(out, 0, keep=False))  # merged
+    pipeline.run(_req(out))  # merged
     assert (tmp_path / "ds_text_document.bin").exists()
     for i in range(3):
-        pipeline.run(_req(out, 3), shard=(i, 3))
-    pipeline.finish(_req(out, 3))
+        pipeline.run_shard(_req(out), shard(i, 3))
+    pipeline.finish(_req(out), merge_step(3))
     assert not (tmp_path / "ds_text_document.bin").exists()  # the merged dataset is gone
     for i in range(2):
-        pipeline.run(_req(out, 2), shard=(i, 2))
-    pipeline.finish(_req(out, 2))
+        pipeline.run_shard(_req(out), shard(i, 2))
+    pipeline.finish(_req(out), merge_step(2))
     names = sorted(p.name for p in tmp_path.iterdir())
     assert not [x for x in names if "shard00002" in x], names  # shard 2 of the 3-shard run removed
     assert len(_blend(tmp_path / "ds_text_document.blend.txt")) == 2
-    pipeline.run(_req(out, 0, keep=False))  # back to merged
+    pipeline.run(_req(out))  # back to merged
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["ds.manifest.json", "ds_text_document.bin", "ds_text_document.idx"], names
 
 
-MANIFEST = """apiVersion: datasetprep.io/v1alpha1
-kind: DatasetPrep
-metadata: {name: kept}
-spec:
-  source: {files: {paths: [raw/*.jsonl]}, textKeys: [text]}
-  tokenizer: {type: sentencepiece, path: {path: tok/tokenizer.model}}
-  output: {claimName: data, prefix: out/a}
-  appendEod: true
-  workers: 2
-  shards: 3
-  keepShards: true
-"""
+MANIFEST = volume_manifest("kept", "out/a", workers=2) + "  shards: 3\n  keepShards: true\n"
+
+
+CHUNKS = {"DATASETPREP_CHUNK_MIB": "0.15"}
 
 
 @pytest.fixture
@@ -166,21 +164,12 @@ def test_run_manifest_with_kept_shards_then_reuse(volume, capsys, monkeypatch):
     assert "made from different inputs or settings" in capsys.readouterr().err
 
 
-def _job(volume, spec, *args, env=None):
-    term = volume / "termination-log"
-    env = dict(os.environ, DATASETPREP_SPEC=json.dumps(spec), DATASETPREP_VOLUMES=json.dumps({"data": str(volume)}),
-               DATASETPREP_TERMINATION_LOG=str(term), DATASETPREP_CHUNK_MIB="0.15", **(env or {}))
-    p = subprocess.run([sys.executable, "-c", "import sys; from datasetprep.cli import main; sys.exit(main())",
-                        "job", *args], env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
-    return p, json.loads(term.read_text())
-
-
-def test_job_pods_publish_shards_and_the_last_step_reports_the_blend(volume):
+def test_job_pods_publish_shards_and_the_last_step_reports_the_blend(volume, run_job):
     spec = yaml.safe_load(MANIFEST)["spec"]
     for i in range(3):
-        p, msg = _job(volume, spec, env={"JOB_COMPLETION_INDEX": str(i)})
+        p, msg = run_job(volume, spec, index=i, env=CHUNKS)
         assert p.returncode == 0 and msg["ok"] and msg["published"], p.stdout + p.stderr
-    p, msg = _job(volume, spec, "--merge")
+    p, msg = run_job(volume, spec, "merge", env=CHUNKS)
     assert p.returncode == 0, p.stdout + p.stderr
     out = msg["outputs"][0]
     assert out["prefix"] == "out/a_text_document" and out["blend_file"] == "out/a_text_document.blend.txt"
@@ -189,48 +178,45 @@ def test_job_pods_publish_shards_and_the_last_step_reports_the_blend(volume):
     assert "bin_sha256" not in out  # there is no single file to hash
 
 
-def test_termination_message_drops_weights_before_it_breaks(tmp_path, monkeypatch):
+def test_termination_message_drops_weights_before_it_breaks(tmp_path):
     log = tmp_path / "term"
-    monkeypatch.setenv("DATASETPREP_TERMINATION_LOG", str(log))
-    doc = {"ok": True, "reused": False, "fingerprint": "f" * 64,
-           "outputs": [{"key": "text", "prefix": "out/a_text_document", "documents": 10, "sequences": 10,
-                        "tokens": 10 ** 12, "dtype": "uint16", "blend_file": "out/a_text_document.blend.txt",
-                        "shards": 2000, "blend_weights": [123456789] * 2000}],
-           "tokenizer": {"type": "sentencepiece", "path": "tok/t.model", "vocab_size": 8000, "eod_id": 2}}
-    write_termination(doc)
+    result = Published(reused=False, fingerprint="f" * 64, outputs=(OutputFile(
+        key="text", prefix="out/a_text_document", documents=10, sequences=10, tokens=10 ** 12, dtype="uint16",
+        blend_file="out/a_text_document.blend.txt", shards=2000, blend_weights=(123456789,) * 2000),),
+        tokenizer=TokenizerInfo(type="sentencepiece", path="tok/t.model", vocab_size=8000, eod_id=2))
+    write_termination(result, str(log))
     msg = json.loads(log.read_text())
-    assert len(log.read_text()) <= 4000
+    assert len(log.read_bytes()) <= TERMINATION_MESSAGE_MAX_BYTES
     assert msg["ok"] and "blend_weights" not in msg["outputs"][0] and msg["outputs"][0]["shards"] == 2000
-    assert len(doc["outputs"][0]["blend_weights"]) == 2000  # the caller's dict is left alone
 
 
 @pytest.mark.parametrize("keep", [False, True])
-def test_delete_data_removes_the_dataset_and_nothing_else(volume, keep):
-    """`datasetprep job --delete-data` (the operator's clean-up for `deleteDataOnDelete`)."""
+def test_delete_data_removes_the_dataset_and_nothing_else(volume, keep, run_job):
+    """`datasetprep job` with the run plan `delete` (the operator's clean-up for `deleteDataOnDelete`)."""
     spec = yaml.safe_load(MANIFEST)["spec"]
     if not keep:
         spec.pop("keepShards")
         spec["shards"] = 1
-    p, msg = _job(volume, spec, env={"JOB_COMPLETION_INDEX": "0"} if keep else None)
+    p, msg = run_job(volume, spec, index=0 if keep else None, env=CHUNKS)
     assert msg["ok"], p.stdout + p.stderr
     if keep:  # shard 0 published, the others not run: an unfinished kept-shards run
         assert (volume / "out" / "a_shard00000_text_document.bin").exists()
     (volume / "out" / "a_other_notes.txt").write_text("not ours")  # a file that merely shares the prefix
     (volume / "out" / "b_text_document.bin").write_text("another dataset")
-    p, msg = _job(volume, spec, "--delete-data")
+    p, msg = run_job(volume, spec, "delete")
     assert p.returncode == 0 and msg["ok"] and msg["deleted_files"] >= 3, p.stdout + p.stderr
     left = sorted(x.name for x in (volume / "out").iterdir())
     assert left == ["a_other_notes.txt", "b_text_document.bin"], left
     assert (volume / "raw" / "corpus_a.jsonl").exists() and (volume / "tok" / "tokenizer.model").exists()
-    p, msg = _job(volume, spec, "--delete-data")  # again: nothing left to delete, still fine
+    p, msg = run_job(volume, spec, "delete")  # again: nothing left to delete, still fine
     assert msg == {"ok": True, "deleted_files": 0, "deleted_bytes": 0}
 
 
 def test_inspect_and_merge_take_the_blend_list_even_mounted_elsewhere(tmp_path, capsys):
     out = tmp_path / "ds"
     for i in range(3):
-        pipeline.run(_req(out, 3), shard=(i, 3))
-    pipeline.finish(_req(out, 3))
+        pipeline.run_shard(_req(out), shard(i, 3))
+    pipeline.finish(_req(out), merge_step(3))
     # the folder as another machine sees it: the absolute paths in the list no longer exist
     moved = tmp_path / "elsewhere"
     shutil.copytree(tmp_path, moved, ignore=shutil.ignore_patterns("elsewhere"))

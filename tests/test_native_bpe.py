@@ -18,12 +18,9 @@ import pytest
 tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 
-try:
-    import datasetprep_native
-except ImportError:  # pragma: no cover - depends on the environment
-    if os.environ.get("DATASETPREP_REQUIRE_NATIVE"):
-        raise
-    pytest.skip("datasetprep_native not built (pip install ./jobimage/native)", allow_module_level=True)
+from tokfiles import native_or_skip  # noqa: E402
+
+datasetprep_native = native_or_skip()
 
 ByteLevelBPE = datasetprep_native.ByteLevelBPE
 
@@ -74,7 +71,7 @@ def assert_same(hf, enc, texts: list[str], *, add_special_tokens: bool = True, l
 
 def native_pair(tok: Tokenizer, **kw):
     js = tok.to_str()
-    return ByteLevelBPE.from_json(js, **kw), ByteLevelBPE.from_json(js, chunking=False, **kw)
+    return ByteLevelBPE.from_json(js, **kw), ByteLevelBPE.from_json(js, fast_split=False, **kw)
 
 
 def corpus_texts() -> list[str]:
@@ -153,10 +150,10 @@ def test_golden_corpus_exact():
         assert hf.encode(t).ids == w
     enc = ByteLevelBPE.from_file(str(GOLDEN_TOK))
     assert_same(want, enc, texts, label="golden")
-    # Cached second pass and the uncached, unchunked path agree too.
+    # Cached second pass and the uncached onig path agree too.
     assert_same(want, enc, texts, label="golden warm")
-    nochunk = ByteLevelBPE.from_file(str(GOLDEN_TOK), chunking=False, cache_size=0)
-    assert_same(want, nochunk, texts, label="golden no cache")
+    plain = ByteLevelBPE.from_file(str(GOLDEN_TOK), fast_split=False, cache_size=0)
+    assert_same(want, plain, texts, label="golden no cache, onig")
 
 
 @needs_golden
@@ -295,6 +292,39 @@ def test_trained_gpt2_style_add_prefix_space_and_added_tokens():
         assert_same(want, enc, texts, label="gpt2 prefix-space")
 
 
+#: Added-token sets for the leftmost-longest search: the engine looks for the patterns' first
+#: bytes (memchr for 1-3 distinct bytes, a byte table beyond) and runs the automaton only there.
+ADDED_SETS = {
+    "one first byte (Llama 3's specials)": ["<|a|>", "<|ab|>", "<|a", "<|abc", "<", "<<|a|>>"],
+    "two first bytes": ["<|x|>", "[SEP]", "[S", "<|x"],
+    "three first bytes, multi-byte": ["中文", "ж!", "<|eot|>", "中", "ж", "<"],
+    "many first bytes, overlapping": ["xyz", "yzw", "abc", "abcd", "bcd", "c", "qq", "q q", "é", "😀x"],
+}
+
+
+def added_texts(patterns: list[str], n: int, seed: int) -> list[str]:
+    """Texts made of the patterns, their prefixes and suffixes, and filler: every way a match can
+    start, overlap another, be cut short or follow another at once."""
+    parts = [p for s in patterns for p in (s, s[:-1], s[1:], s[: len(s) // 2])] + [" ", "a", "z", "\n", "|", "é", "ab"]
+    rng = random.Random(seed)
+    return ["".join(rng.choice(parts) for _ in range(rng.choice([1, 2, 5, 20, 200]))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("label", list(ADDED_SETS))
+def test_added_tokens_found_leftmost_longest(label):
+    patterns = ADDED_SETS[label]
+    tok = gpt2_style(train_texts()[:80], 600, specials=())
+    half = len(patterns) // 2  # some matched on the raw text, some after normalization
+    tok.add_special_tokens(patterns[:half])
+    tok.add_tokens([tokenizers.AddedToken(p, normalized=True) for p in patterns[half:]])
+    hf = Tokenizer.from_str(tok.to_str())
+    texts = added_texts(patterns, 3000, 11) + [" ".join(patterns), "".join(patterns), "".join(reversed(patterns))]
+    want = reference(hf, texts)
+    assert sum(len(w) for w in want) > len(texts)  # the texts do hold matches
+    for enc in native_pair(hf):
+        assert_same(want, enc, texts, label=label)
+
+
 def test_trained_llama3_style_with_bos():
     tok = llama3_style(train_texts())
     hf = Tokenizer.from_str(tok.to_str())
@@ -379,7 +409,7 @@ def test_missing_bytes_dropped_unk_and_byte_fallback():
     for name, d in variants.items():
         hf = Tokenizer.from_str(json.dumps(d))
         want = reference(hf, probe)
-        for enc in (ByteLevelBPE.from_json(json.dumps(d)), ByteLevelBPE.from_json(json.dumps(d), chunking=False)):
+        for enc in (ByteLevelBPE.from_json(json.dumps(d)), ByteLevelBPE.from_json(json.dumps(d), fast_split=False)):
             assert_same(want, enc, probe, label=name)
         outputs[name] = want
     # the variants really differ (bytes dropped vs unk vs fallback)
@@ -415,8 +445,8 @@ def test_nfc_normalizer_and_split_string_pattern():
         assert_same(hf3, enc, probe, label="split + bytelevel regex")
 
 
-def test_chunking_rules_fuzz_against_plain_onig():
-    """Chunk-cached pre-tokenization == plain onig on strings dense in cut-point corner cases."""
+def test_fast_split_fuzz_against_plain_onig():
+    """Hand-written pre-tokenization == onig's, through the ids, on strings dense in corner cases."""
     rng = random.Random(11)
     spaces = " \n\r\t\x0b\x0c\x1c\x1f\x85\xa0\u1680\u2000\u200a\u200b\u2028\u2029\u202f\u205f\u3000\ufeff"
     alpha = list(" \n\r\t") * 4 + list(spaces) + list("ab'sS1٣.:!😀\u0301中") + ["ſ", "\u212a", "\r\n", "'ll"]
@@ -431,9 +461,9 @@ def test_chunking_rules_fuzz_against_plain_onig():
     for tok in (gpt2_style(train_texts()[:100], 600), llama3_style(train_texts()[:100], 600),
                 llama3_style(train_texts()[:100], 600, pattern=QWEN2_PATTERN)):
         hf = Tokenizer.from_str(tok.to_str())
-        chunked, plain = native_pair(hf)
-        assert many(chunked, probe) == many(plain, probe)
-        assert_same(hf, chunked, probe, label="chunk fuzz")
+        fast, plain = native_pair(hf)
+        assert many(fast, probe) == many(plain, probe)
+        assert_same(hf, fast, probe, label="fast split fuzz")
 
 
 # ----------------------------------------------------------------------------- unsupported configs
@@ -503,3 +533,28 @@ def test_unsupported_configs_raise(name):
 def test_not_json_raises():
     with pytest.raises(ValueError, match="^unsupported: "):
         ByteLevelBPE.from_json("{not json")
+
+
+def test_merges_forms_and_file_bytes():
+    """The merges as pairs or as legacy "a b" lines (HF reads both) give the same ids; a list
+    mixing them, or a pair of three, is refused; the file's bytes load like its text."""
+    d = _base_json()
+    hf = Tokenizer.from_str(json.dumps(d))
+    texts = ADVERSARIAL + random_texts(300, 5)
+    want = reference(hf, texts)
+    pairs = d["model"]["merges"]
+    assert pairs and all(isinstance(p, list) and len(p) == 2 for p in pairs)
+    lines = dict(d, model=dict(d["model"], merges=[f"{a} {b}" for a, b in pairs]))
+    assert reference(Tokenizer.from_str(json.dumps(lines)), texts) == want
+    escaped = json.dumps(d, ensure_ascii=True)  # every non-ASCII character as \u escapes
+    for js in (json.dumps(d), json.dumps(lines), escaped, escaped.encode(), json.dumps(d).encode()):
+        assert_same(want, ByteLevelBPE.from_json(js), texts, label="merges form")
+    mixed = dict(d, model=dict(d["model"], merges=[pairs[0], " ".join(pairs[1])] + pairs[2:]))
+    three = dict(d, model=dict(d["model"], merges=[pairs[0] + ["x"]] + pairs[1:]))
+    for bad in (mixed, three):
+        with pytest.raises(ValueError, match="^unsupported: "):
+            ByteLevelBPE.from_json(json.dumps(bad))
+    with pytest.raises(ValueError, match="^unsupported: tokenizer.json is not UTF-8"):
+        ByteLevelBPE.from_json(json.dumps(d).encode() + b"\xff")
+    with pytest.raises(TypeError):
+        ByteLevelBPE.from_json(3)

@@ -1,192 +1,30 @@
-"""The real operator (kopf.testing.KopfRunner) against the real API server test bed.
+"""The real operator (kopf.testing.KopfRunner) against the test bed: real API server, real node.
 
-Each test gets a fresh namespace with a hostPath-backed PVC; the test bed's pod runner executes
-the Job's pods -- the real ``datasetprep job`` -- as local processes, so what lands on the volume is
-the real output, compared byte for byte with Megatron-LM's (``shared/golden``).
+Each test gets a fresh namespace with a hostPath-backed PVC; the Job's pods run our job image
+(built from jobimage/Dockerfile, imported into the node's containerd) under the kubelet, as uid
+65532 with a read-only root and no API credentials, so what lands on the volume is the real output,
+compared byte for byte with Megatron-LM's (``shared/golden``).
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import socket
-import time
+import threading
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
-import kubernetes
 import pytest
 import yaml
-from kopf.testing import KopfRunner
 from kubernetes.client.exceptions import ApiException
 
+from bed import (GOLDEN_PREFIX, JOB_UID, assert_golden, assert_real_job_pods, files_spec, free_port,
+                 install_kopf_peering, running_operator, running_pods)
+from datasetprep.hashes import spec_hash
 from datasetprep.spec import GROUP, PLURAL, VERSION
-from datasetprep_operator import builders
-from test_crd import install_crd
+from datasetprep_operator.jobs import DELETE_DATA_COMPONENT
+from datasetprep_operator.naming import LABEL_COMPONENT, LABEL_OWNER_UID, delete_data_job_name, job_name
+from paths import CORPUS_A, SP_MODEL
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-SHARED = Path(os.environ.get("DATASETPREP_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-GOLDEN = SHARED / "golden"
-CORPUS = GOLDEN / "corpus_a.jsonl"
-SP_MODEL = GOLDEN / "tokenizers" / "a_sp_bpe8k" / "tokenizer.model"
-GOLDEN_PREFIX = GOLDEN / "a_spbpe_eod_text_document"
-HANDLERS = "datasetprep_operator.handlers"
-
-
-# --------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture(scope="module")
-def crd(kube_cluster):
-    install_crd(kube_cluster.api_client())
-
-
-@pytest.fixture
-def operator_env(kube_cluster, monkeypatch):
-    """The operator reads its settings (and the API credentials) from the environment."""
-    monkeypatch.setenv("KUBECONFIG", str(kube_cluster.kubeconfig))
-    # kopf logs in through the kubernetes client, which read $KUBECONFIG when it was imported.
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kube_cluster.kubeconfig))
-    monkeypatch.setenv("DATASETPREP_JOB_IMAGE", "datasetprep:e2e")
-    for var in ("DATASETPREP_WATCH_NAMESPACES", "DATASETPREP_METRICS_PORT", "DATASETPREP_JOB_SERVICE_ACCOUNT"):
-        monkeypatch.delenv(var, raising=False)
-
-
-@contextlib.contextmanager
-def running_operator(namespace: str, *peering: str) -> Iterator[KopfRunner]:
-    """The operator, serving one namespace, for the duration of the block (standalone unless
-    ``peering`` args are given)."""
-    args = ["run", *(peering or ["--standalone"]), "--namespace", namespace, "-m", HANDLERS]
-    with KopfRunner(args, timeout=60) as runner:
-        yield runner
-    assert runner.exit_code == 0, runner.output
-    assert runner.exception is None, runner.output
-
-
-class Bed:
-    """One test's namespace, its volume and the API calls the assertions need."""
-
-    def __init__(self, cluster, namespace: str, data: Path) -> None:
-        self.cluster = cluster
-        self.ns = namespace
-        self.data = data
-        api = cluster.api_client()
-        self.custom = kubernetes.client.CustomObjectsApi(api)
-        self.batch = kubernetes.client.BatchV1Api(api)
-        self.core = kubernetes.client.CoreV1Api(api)
-
-    # -- the DatasetPrep
-    def create(self, name: str, spec: dict) -> dict:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DatasetPrep",
-                "metadata": {"name": name, "namespace": self.ns}, "spec": spec}
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
-
-    def get(self, name: str) -> dict:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
-
-    def patch_spec(self, name: str, spec: dict) -> dict:
-        return self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec})
-
-    def delete(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
-
-    # -- children
-    def jobs(self, owner_uid: str) -> list:
-        return self.batch.list_namespaced_job(self.ns, label_selector=f"{builders.LABEL_OWNER_UID}={owner_uid}").items
-
-    def job(self, name: str):
-        try:
-            return self.batch.read_namespaced_job(name, self.ns)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def config_map(self, name: str):
-        try:
-            return self.core.read_namespaced_config_map(name, self.ns)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def events(self, name: str) -> list:
-        return self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}").items
-
-    # -- waiting
-    def wait(self, fn: Callable[[], Any], what: str, timeout: float = 120.0, interval: float = 0.2) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = fn()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}\n{self.cluster.debug_dump(self.ns)}")
-            time.sleep(interval)
-
-    def condition(self, name: str, type_: str) -> tuple[dict, dict | None]:
-        """(object, its condition of that type if it is about the current generation)."""
-        obj = self.get(name)
-        for cond in (obj.get("status") or {}).get("conditions") or ():
-            if cond["type"] == type_ and cond.get("observedGeneration") == obj["metadata"]["generation"]:
-                return obj, cond
-        return obj, None
-
-    def wait_ready(self, name: str, timeout: float = 180.0) -> dict:
-        """Like ``kubectl wait --for=condition=Ready``, for the current generation; fails fast when Stalled."""
-        def ready():
-            obj, stalled = self.condition(name, "Stalled")
-            if stalled and stalled["status"] == "True":
-                pytest.fail(f"{name} stalled instead of becoming Ready: {stalled['message']}")
-            obj, cond = self.condition(name, "Ready")
-            return obj if cond and cond["status"] == "True" else None
-        return self.wait(ready, f"{name} Ready", timeout)
-
-    def wait_stalled(self, name: str, timeout: float = 180.0) -> tuple[dict, dict]:
-        def stalled():
-            obj, cond = self.condition(name, "Stalled")
-            return (obj, cond) if cond and cond["status"] == "True" else None
-        return self.wait(stalled, f"{name} Stalled", timeout)
-
-
-@pytest.fixture
-def bed(kube_cluster, namespace, crd, operator_env, tmp_path) -> Bed:
-    data = tmp_path / "pv"
-    data.mkdir()
-    shutil.copy(CORPUS, data / "corpus_a.jsonl")
-    shutil.copy(SP_MODEL, data / "tokenizer.model")
-    kube_cluster.create_hostpath_pvc(namespace, data, name="data", access_modes=("ReadWriteMany",))
-    return Bed(kube_cluster, namespace, data)
-
-
-def files_spec(prefix: str, paths: list[str] | None = None, **extra) -> dict:
-    return {
-        "source": {"files": {"paths": paths or ["corpus_a.jsonl"]}},
-        "tokenizer": {"type": "sentencepiece", "path": {"path": "tokenizer.model"}},
-        "output": {"claimName": "data", "prefix": prefix},
-        "appendEod": True,
-        **extra,
-    }
-
-
-def assert_golden(prefix: Path) -> None:
-    for ext in (".bin", ".idx"):
-        got, want = Path(f"{prefix}{ext}"), Path(f"{GOLDEN_PREFIX}{ext}")
-        assert got.exists(), f"{got} was not written"
-        assert got.read_bytes() == want.read_bytes(), f"{got} differs from Megatron-LM's {want.name}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# --------------------------------------------------------------------------- tests
 
 
 def test_prepares_publishes_and_cleans_up(bed, monkeypatch):
@@ -205,7 +43,8 @@ def test_prepares_publishes_and_cleans_up(bed, monkeypatch):
         obj = bed.wait_ready("wiki")
 
         def counted():
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
             return text if 'datasetprep_resources{phase="Succeeded"} 1.0' in text else None
         metrics = bed.wait(counted, "the phase gauge to count the success", timeout=30)
 
@@ -214,8 +53,11 @@ def test_prepares_publishes_and_cleans_up(bed, monkeypatch):
     assert status["phase"] == "Succeeded" and status["observedGeneration"] == 1
     assert_golden(bed.data / "llama_dataset_text_document")
 
-    # The Job: one, named from the parent and the spec, owned by the DatasetPrep, finished.
+    # The Job: one, named from the parent and the spec, owned by the DatasetPrep, finished; its pod ran
+    # our job image in containerd, as uid 65532 (the owner of what it wrote).
     (job,) = bed.jobs(uid)
+    assert_real_job_pods(bed, job.metadata.name)
+    assert (bed.data / "llama_dataset_text_document.bin").stat().st_uid == JOB_UID
     assert job.metadata.name == status["jobName"] and job.metadata.name.startswith("wiki-")
     (ref,) = job.metadata.owner_references
     assert (ref.kind, ref.name, ref.uid, ref.controller) == ("DatasetPrep", "wiki", uid, True)
@@ -292,8 +134,24 @@ def test_delete_data_on_delete(bed):
 
 
 def test_delete_data_mid_run_stops_the_pods_first(bed):
-    text = CORPUS.read_text(encoding="utf-8")
+    """The clean-up Job is made only once no run pod is left: a watcher lists the Jobs, then the pods,
+    every 0.2 s, and fails if one look sees the clean-up Job and, after it, a run pod still there."""
+    text = CORPUS_A.read_text(encoding="utf-8")
     (bed.data / "big.jsonl").write_text("\n".join([text] * 6) + "\n", encoding="utf-8")
+    overlaps: list[list[str]] = []
+    stop = threading.Event()
+
+    def watch(uid: str) -> None:
+        owned = f"{LABEL_OWNER_UID}={uid}"
+        while not stop.is_set():
+            cleanup = [j for j in bed.batch.list_namespaced_job(bed.ns, label_selector=owned).items
+                       if j.metadata.name == delete_data_job_name("midway")]
+            run_pods = [p.metadata.name for p in bed.core.list_namespaced_pod(bed.ns, label_selector=owned).items
+                        if (p.metadata.labels or {}).get(LABEL_COMPONENT) != DELETE_DATA_COMPONENT]
+            if cleanup and run_pods:
+                overlaps.append(run_pods)
+            stop.wait(0.2)
+
     with running_operator(bed.ns):
         created = bed.create("midway", files_spec("midway/ds", paths=["big.jsonl"], deleteDataOnDelete=True))
         job_name = bed.wait(lambda: (bed.get("midway").get("status") or {}).get("jobName"), "a Job")
@@ -302,13 +160,22 @@ def test_delete_data_mid_run_stops_the_pods_first(bed):
             "the job pod to run")
         bed.wait(lambda: list((bed.data / "midway").glob(".datasetprep-work-*/parts/*.done")), "a chunk done",
                  timeout=60)
-        bed.delete("midway")
-        bed.wait(lambda: not bed.custom.list_namespaced_custom_object(
-            GROUP, VERSION, bed.ns, PLURAL, field_selector="metadata.name=midway")["items"],
-            "the DatasetPrep to be gone", timeout=120)
+        watcher = threading.Thread(target=watch, args=(created["metadata"]["uid"],), daemon=True)
+        watcher.start()
+        try:
+            bed.delete("midway")
+            bed.wait(lambda: not bed.custom.list_namespaced_custom_object(
+                GROUP, VERSION, bed.ns, PLURAL, field_selector="metadata.name=midway")["items"],
+                "the DatasetPrep to be gone", timeout=120)
+        finally:
+            stop.set()
+            watcher.join(timeout=30)
+        assert not overlaps, f"the clean-up Job existed while run pods were still there: {overlaps[0]}"
         assert list((bed.data / "midway").iterdir()) == []  # the work folder went with it
-        assert not bed.core.list_namespaced_pod(
-            bed.ns, label_selector=f"{builders.LABEL_OWNER_UID}={created['metadata']['uid']}").items
+        # The clean-up Job is deleted (in the background) once the finalizer is off: its pod goes soon after.
+        bed.wait(lambda: not bed.core.list_namespaced_pod(
+            bed.ns, label_selector=f"{LABEL_OWNER_UID}={created['metadata']['uid']}").items,
+            "every pod of the DatasetPrep (the clean-up one too) to be gone", timeout=60)
         assert "DataDeleted" in {e.reason for e in bed.events("midway")}
 
 
@@ -329,18 +196,14 @@ def test_failing_job_stalls_with_the_jobs_own_message(bed):
 def test_restarted_operator_adopts_the_running_job(bed):
     """Stop the operator while the Job runs; a new one finishes the work without a second Job."""
     copies = 6  # ~18 MB: long enough to restart the operator while the job still runs
-    text = CORPUS.read_text(encoding="utf-8")
+    text = CORPUS_A.read_text(encoding="utf-8")
     (bed.data / "big.jsonl").write_text("\n".join([text] * copies) + "\n", encoding="utf-8")
-
-    grant_progress_reporting(bed)
 
     with running_operator(bed.ns):
         created = bed.create("slow", files_spec("slow_out", paths=["big.jsonl"]))
         job_name = bed.wait(lambda: (bed.get("slow").get("status") or {}).get("jobName"), "a Job")
-        pod_running = lambda: [p for p in bed.core.list_namespaced_pod(  # noqa: E731
-            bed.ns, label_selector=f"batch.kubernetes.io/job-name={job_name}").items if p.status.phase == "Running"]
-        bed.wait(pod_running, "the job pod to run")
-        # Live progress: the job annotates its pod, the operator folds that into status.progress.
+        bed.wait(lambda: running_pods(bed, job_name), "the job pod to run")
+        # Live progress: the job prints it, the operator reads the pod's log into status.progress.
         progress = bed.wait(lambda: ((bed.get("slow").get("status") or {}).get("progress") or {}).get("bytesTotal")
                             and bed.get("slow")["status"]["progress"], "progress in status", timeout=60)
         assert progress["summary"].endswith("%") and progress["bytesTotal"] > 15_000_000
@@ -355,17 +218,6 @@ def test_restarted_operator_adopts_the_running_job(bed):
     assert obj["status"]["jobName"] == job_name
     assert obj["status"]["output"]["documents"] == 526 * copies
     assert still_running, "the job finished before the operator was restarted; make the input bigger"
-
-
-def grant_progress_reporting(bed: Bed) -> None:
-    """What the chart grants the job's service account: get/patch its own pod (progress annotation)."""
-    rbac = kubernetes.client.RbacAuthorizationV1Api(bed.cluster.api_client())
-    rbac.create_namespaced_role(bed.ns, {"metadata": {"name": "datasetprep-job"}, "rules": [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]})
-    rbac.create_namespaced_role_binding(bed.ns, {
-        "metadata": {"name": "datasetprep-job"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "datasetprep-job"},
-        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": bed.ns}]})
 
 
 def test_spec_change_switches_over_only_when_the_new_output_is_ready(bed):
@@ -419,10 +271,11 @@ def test_spec_change_switches_over_only_when_the_new_output_is_ready(bed):
 def test_waits_for_a_claim_that_does_not_exist_yet(bed, tmp_path):
     later = tmp_path / "later"
     later.mkdir()
-    shutil.copy(CORPUS, later / "corpus_a.jsonl")
+    shutil.copy(CORPUS_A, later / "corpus_a.jsonl")
     shutil.copy(SP_MODEL, later / "tokenizer.model")
     spec = files_spec("llama_dataset")
     spec["output"]["claimName"] = "later"
+    later.chmod(0o755)
     with running_operator(bed.ns):
         bed.create("early", spec)
         obj = bed.wait(lambda: (o := bed.get("early")).get("status", {}).get("phase") == "Pending" and o,
@@ -431,7 +284,8 @@ def test_waits_for_a_claim_that_does_not_exist_yet(bed, tmp_path):
         assert conds["Reconciling"]["reason"] == "WaitingForClaim" and conds["Stalled"]["status"] == "False"
         assert "PersistentVolumeClaim later not found" in obj["status"]["message"]
         assert bed.jobs(obj["metadata"]["uid"]) == []
-        bed.cluster.create_hostpath_pvc(bed.ns, later, name="later", access_modes=("ReadWriteMany",))
+        bed.cluster.create_hostpath_pvc(bed.ns, later, name="later", access_modes=("ReadWriteMany",),
+                                        owner=(JOB_UID, JOB_UID))
         bed.wait_ready("early")
     assert_golden(later / "llama_dataset_text_document")
 
@@ -440,7 +294,7 @@ def test_a_foreign_job_in_the_way_stalls_instead_of_being_adopted(bed):
     from datasetprep.spec import parse_spec
 
     spec = files_spec("llama_dataset")
-    name = builders.job_name("taken", builders.spec_hash(parse_spec(spec)))
+    name = job_name("taken", spec_hash(parse_spec(spec)))
     bed.batch.create_namespaced_job(bed.ns, {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
         "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never", "containers": [
@@ -451,41 +305,6 @@ def test_a_foreign_job_in_the_way_stalls_instead_of_being_adopted(bed):
     assert stalled["reason"] == "JobConflict" and name in stalled["message"]
     assert obj["status"]["phase"] == "Failed"
     assert bed.job(name).metadata.owner_references is None  # left alone
-
-
-def install_kopf_peering(bed: Bed, name: str) -> None:
-    """kopf's namespaced peering CRD and one peering object (what the Helm chart installs)."""
-    ext = kubernetes.client.ApiextensionsV1Api(bed.cluster.api_client())
-    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-           "metadata": {"name": "kopfpeerings.kopf.dev"},
-           "spec": {"scope": "Namespaced", "group": "kopf.dev",
-                    "names": {"kind": "KopfPeering", "plural": "kopfpeerings", "singular": "kopfpeering"},
-                    "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                        "type": "object", "properties": {"status": {
-                            "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}]}}
-    try:
-        ext.create_custom_resource_definition(crd)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-
-    def established():
-        conds = ext.read_custom_resource_definition("kopfpeerings.kopf.dev").status.conditions or []
-        return any(c.type == "Established" and c.status == "True" for c in conds)
-    bed.wait(established, "the peering CRD")
-    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": name, "namespace": bed.ns}}
-    bed.wait(lambda: _create_quietly(bed, peering), "the peering object", timeout=30)
-
-
-def _create_quietly(bed: Bed, body: dict) -> bool:
-    try:
-        bed.custom.create_namespaced_custom_object("kopf.dev", "v1", bed.ns, "kopfpeerings", body)
-    except ApiException as exc:
-        if exc.status == 404:  # the new CRD is not served yet
-            return False
-        if exc.status != 409:
-            raise
-    return True
 
 
 def test_two_peered_replicas_start_one_job(bed):

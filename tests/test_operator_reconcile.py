@@ -9,176 +9,18 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
 
 import kopf
 import pytest
-from kubernetes.client.exceptions import ApiException
 
+from datasetprep.contract import ProgressRecord, RunPlan
 from datasetprep.spec import parse_spec
-from datasetprep_operator import builders
 from datasetprep_operator.config import OperatorConfig
-from datasetprep_operator.reconcile import Context, Outcome, Resource, Seen, reconcile, status_changes
-
-SPEC = {
-    "source": {"files": {"paths": ["corpus.jsonl"]}},
-    "tokenizer": {"type": "sentencepiece", "path": {"path": "tokenizer.model"}},
-    "output": {"claimName": "data", "prefix": "llama_dataset"},
-}
-RESULT = {
-    "ok": True,
-    "outputs": [{"key": "text", "prefix": "llama_dataset_text_document", "documents": 3, "sequences": 3,
-                 "tokens": 30, "dtype": "uint16", "bin_sha256": "b", "idx_sha256": "i"}],
-    "tokenizer": {"type": "sentencepiece", "path": "tokenizer.model", "vocab_size": 8000, "eod_id": 2},
-    "fingerprint": "f", "resolved_revision": None,
-}
-
-
-def conflict() -> ApiException:
-    return ApiException(status=409, reason="Conflict")
-
-
-class FakeKube:
-    """Jobs, pods and ConfigMaps in dicts, with the calls recorded."""
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, dict] = {}
-        self.pods: list[dict] = []
-        self.config_maps: dict[str, dict] = {}
-        self.calls: list[str] = []
-        self.steal_create = None  # a Job someone else creates just before ours
-        self.claims = {"data"}
-
-    def get_pvc(self, namespace, name):
-        self.calls.append(f"get_pvc {name}")
-        return {"metadata": {"name": name}} if name in self.claims else None
-
-    def get_job(self, namespace, name):
-        self.calls.append(f"get_job {name}")
-        return copy.deepcopy(self.jobs.get(name))
-
-    def create_job(self, namespace, body):
-        self.calls.append(f"create_job {body['metadata']['name']}")
-        if self.steal_create is not None:
-            self.jobs[body["metadata"]["name"]] = self.steal_create
-            raise conflict()
-        if body["metadata"]["name"] in self.jobs:
-            raise conflict()
-        job = copy.deepcopy(body)
-        job["metadata"]["uid"] = f"job-uid-{len(self.jobs)}"
-        job["status"] = {}
-        self.jobs[job["metadata"]["name"]] = job
-        return copy.deepcopy(job)
-
-    def list_jobs(self, namespace, selector):
-        self.calls.append("list_jobs")
-        return [copy.deepcopy(j) for j in self.jobs.values()
-                if all(j["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())]
-
-    def delete_job(self, namespace, name):
-        self.calls.append(f"delete_job {name}")
-        self.jobs.pop(name, None)
-
-    def list_pods(self, namespace, selector):
-        self.calls.append("list_pods")
-        return copy.deepcopy(self.pods)
-
-    def pod_log_tail(self, namespace, name, lines):
-        return None
-
-    def get_config_map(self, namespace, name):
-        self.calls.append(f"get_config_map {name}")
-        return copy.deepcopy(self.config_maps.get(name))
-
-    def create_config_map(self, namespace, body):
-        self.calls.append(f"create_config_map {body['metadata']['name']}")
-        cm = copy.deepcopy(body)
-        cm["metadata"]["resourceVersion"] = "1"
-        self.config_maps[body["metadata"]["name"]] = cm
-        return cm
-
-    def replace_config_map(self, namespace, body):
-        self.calls.append(f"replace_config_map {body['metadata']['name']}")
-        self.config_maps[body["metadata"]["name"]] = copy.deepcopy(body)
-        return body
-
-    def delete_config_map(self, namespace, name):
-        self.calls.append(f"delete_config_map {name}")
-        self.config_maps.pop(name, None)
-
-
-class Tally:
-    def __init__(self) -> None:
-        self.started = self.succeeded = self.failed = 0
-        self.tokens = 0
-
-    def run_started(self):
-        self.started += 1
-
-    def run_succeeded(self, tokens):
-        self.succeeded += 1
-        self.tokens += tokens or 0
-
-    def run_failed(self):
-        self.failed += 1
-
-
-class World:
-    """One DatasetPrep, the fake API and the status as kopf would have merged it."""
-
-    def __init__(self, spec: dict | None = None) -> None:
-        self.kube = FakeKube()
-        self.metrics = Tally()
-        self.ctx = Context(kube=self.kube, config=OperatorConfig(), metrics=self.metrics, now=lambda: "T")
-        self.body: dict[str, Any] = {
-            "apiVersion": "datasetprep.io/v1alpha1", "kind": "DatasetPrep",
-            "metadata": {"name": "wiki", "namespace": "ml", "uid": "uid-1", "generation": 1},
-            "spec": copy.deepcopy(spec or SPEC), "status": {},
-        }
-
-    def run(self, seen: Seen | None = None):
-        outcome = reconcile(Resource(copy.deepcopy(self.body)), self.ctx, seen=seen)
-        self.body["status"] = merge(self.body["status"], outcome.status)
-        return outcome
-
-    def change_spec(self, **changes) -> None:
-        self.body["spec"].update(changes)
-        self.body["metadata"]["generation"] += 1
-
-    @property
-    def job_name(self) -> str:
-        return builders.job_name("wiki", builders.spec_hash(parse_spec(self.body["spec"])))
-
-    def finish(self, ok: bool = True, message: str | None = None) -> None:
-        job = self.kube.jobs[self.job_name]
-        job["status"] = {"conditions": [{"type": "Complete" if ok else "Failed", "status": "True",
-                                         "reason": "BackoffLimitExceeded", "message": "Job has reached the limit"}],
-                         "completionTime": "T2"}
-        if message is not None:
-            term = {"exitCode": 0 if ok else 1, "message": message, "finishedAt": "T2"}
-            self.kube.pods = [{"metadata": {"name": "p"}, "status": {
-                "phase": "Succeeded" if ok else "Failed",
-                "containerStatuses": [{"name": "datasetprep", "state": {"terminated": term}}]}}]
-
-
-def merge(current: dict, patch: dict) -> dict:
-    """JSON merge patch, as the API server applies it."""
-    out = copy.deepcopy(current)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def cond(world: World, type_: str) -> dict:
-    return {c["type"]: c for c in world.body["status"]["conditions"]}[type_]
-
-
-# --------------------------------------------------------------------------- tests
+from datasetprep_operator.jobs import build_job
+from datasetprep_operator.reconcile import PROGRESS_INTERVAL_SECONDS, Seen
+from datasetprep_operator.runtime import Stale
+from fakeapi import World, cond
+from specs import RESULT, SPEC
 
 
 def test_create_then_nothing_to_do():
@@ -218,18 +60,28 @@ def test_a_watched_job_saves_the_get():
     w.kube.calls.clear()
     w.run(seen=Seen(job=lambda ns, name: w.kube.jobs.get(name)))
     assert w.kube.calls == []
+    # A restarted operator whose Job watch lags reads the Job the status names (one GET), creates nothing.
+    w.restart()
+    w.run(seen=Seen())
+    assert w.kube.calls == [f"get_job {w.job_name}"]
 
 
-def test_create_race_lost_to_ourselves_is_not_a_second_start():
+def test_create_race_lost_to_another_replica_is_not_a_second_start():
+    """Two operators decide on the same body: both find the Job (one creates it, the other's create
+    answers 409 and is adopted), only the first status write wins; the loser re-reads and finds the run
+    recorded: one JobCreated event, one run started."""
     w = World()
-    manifest = builders.build_job(parse_spec(SPEC), parent="wiki", namespace="ml", parent_uid="uid-1",
-                                  config=OperatorConfig())
+    stale = copy.deepcopy(w.body)
+    manifest = build_job(parse_spec(SPEC), RunPlan(step="all"), parent="wiki", namespace="ml", parent_uid="uid-1",
+                         config=OperatorConfig())
     kopf.adopt(manifest, owner=w.body)
-    w.kube.steal_create = manifest | {"status": {}}
-    outcome = w.run()
-    assert outcome.error is None and outcome.events == []
-    assert w.metrics.started == 0
-    assert w.body["status"]["phase"] == "Running"
+    w.run()  # the other replica
+    w.restart()  # this one, with nothing in memory, still holding the body from before
+    with pytest.raises(Stale):
+        w.run(body=stale)
+    assert w.run().events == []  # decided again on the fresh body: nothing to do
+    assert w.reasons() == ["JobCreated"] and w.metrics.started == 1 and len(w.kube.jobs) == 1
+    assert w.kube.writes("patch_status") == ["patch_status wiki", "patch_status wiki -> 409"]
 
 
 def test_foreign_job_in_the_way_stalls():
@@ -279,6 +131,21 @@ def test_unreadable_result_is_not_published():
     assert w.kube.config_maps == {}
 
 
+def test_output_claim_deleted_during_the_run_is_not_published():
+    """The pod held the claim to the end (only marked for deletion); its files go with the volume."""
+    w = World()
+    w.run()
+    w.kube.claims.clear()
+    w.finish(message=json.dumps(RESULT))
+    outcome = w.run()
+    assert outcome.error is None and w.body["status"]["phase"] == "Failed"
+    stalled = cond(w, "Stalled")
+    assert stalled["reason"] == "ClaimDeleted" and "PersistentVolumeClaim data was deleted" in stalled["message"]
+    assert w.kube.config_maps == {} and "output" not in w.body["status"]
+    assert [e.reason for e in outcome.events] == ["ClaimDeleted"] and w.metrics.succeeded == 0
+    assert w.kube.jobs == {}  # its pod no longer holds the claim
+
+
 def test_failed_job_without_pods_reports_the_job_condition():
     w = World()
     w.run()
@@ -286,6 +153,48 @@ def test_failed_job_without_pods_reports_the_job_condition():
     w.run()
     assert "BackoffLimitExceeded" in cond(w, "Stalled")["message"]
     assert w.metrics.failed == 1
+
+
+def failed_by_the_node(w: World, pod: dict) -> dict:
+    """The run's Job failed with this one pod; returns the Stalled condition."""
+    w.run()
+    w.finish(ok=False)
+    w.kube.pods = [pod]
+    w.run()
+    assert w.body["status"]["phase"] == "Failed"
+    return cond(w, "Stalled")
+
+
+def test_a_pod_killed_for_memory_says_which_limit_and_how_to_raise_it():
+    w = World()
+    stalled = failed_by_the_node(w, {"metadata": {"name": "p"}, "spec": {"containers": [
+        {"name": "datasetprep", "resources": {"limits": {"memory": "512Mi"}}}]}, "status": {
+        "phase": "Failed", "containerStatuses": [{"name": "datasetprep", "state": {"terminated": {
+            "exitCode": 137, "reason": "OOMKilled", "message": "loading the tokenizer", "finishedAt": "T2"}}}]}})
+    assert stalled["reason"] == "JobFailed"
+    assert "killed for using more memory than its limit (limits.memory: 512Mi)" in stalled["message"]
+    assert "raise spec.resources.limits.memory" in stalled["message"]
+
+
+@pytest.mark.parametrize("kubelet, fix", [
+    ("Pod ephemeral local storage usage exceeds the total limit of containers 4Gi. ",
+     'raise spec.resources.limits["ephemeral-storage"]'),
+    ('Usage of EmptyDir volume "tmp" exceeds the limit "2Gi". ', "raise spec.resources.tmpSizeLimit"),
+])
+def test_an_evicted_pod_says_which_limit_and_how_to_raise_it(kubelet, fix):
+    stalled = failed_by_the_node(World(), {"metadata": {"name": "p"}, "status": {
+        "phase": "Failed", "reason": "Evicted", "message": kubelet, "containerStatuses": [
+            {"name": "datasetprep", "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}})
+    assert f"evicted by the kubelet ({kubelet.strip()})" in stalled["message"] and fix in stalled["message"]
+
+
+def test_a_failed_volume_init_container_is_reported():
+    stalled = failed_by_the_node(World(), {"metadata": {"name": "p"}, "status": {
+        "phase": "Failed", "initContainerStatuses": [{"name": "prepare-output", "state": {"terminated": {
+            "exitCode": 1, "message": "chown: changing ownership of '/data': Operation not permitted\n"}}}],
+        "containerStatuses": [{"name": "datasetprep", "state": {"waiting": {"reason": "PodInitializing"}}}]}})
+    assert "init container prepare-output" in stalled["message"]
+    assert "Operation not permitted" in stalled["message"] and "spec.securityContext" in stalled["message"]
 
 
 def test_foreign_config_map_is_not_overwritten():
@@ -328,6 +237,26 @@ def test_spec_change_keeps_the_published_run_until_the_new_one_succeeds():
     assert w.body["status"]["output"]["tokens"] == 27 and w.body["status"]["observedGeneration"] == 3
 
 
+def test_spec_changed_twice_before_the_watch_delivers_the_middle_job_deletes_it():
+    """Two spec changes a few milliseconds apart: the second look comes before the Job watch has
+    delivered the Job the first look created. That Job must still go (it would run to its publish)."""
+    w = World()
+    w.run()
+    first = w.job_name
+    lagging = {name: copy.deepcopy(job) for name, job in w.kube.jobs.items()}  # the index stops here
+    seen = Seen(job=lambda ns, name: copy.deepcopy(lagging.get(name)),
+                jobs_of=lambda ns, owner: [copy.deepcopy(j) for j in lagging.values()],
+                pods=lambda ns, job: [])
+    w.change_spec(appendEod=False)
+    w.run(seen=seen)
+    middle = w.job_name
+    assert middle != first and middle in w.kube.jobs and first not in w.kube.jobs
+    w.change_spec(workers=3)
+    w.run(seen=seen)
+    assert w.job_name not in (first, middle)
+    assert list(w.kube.jobs) == [w.job_name], "the middle generation's Job was left running"
+
+
 def test_changes_that_need_no_new_run_only_bump_the_generation():
     w = World()
     w.run()
@@ -336,8 +265,14 @@ def test_changes_that_need_no_new_run_only_bump_the_generation():
     w.kube.calls.clear()
     w.change_spec(deleteDataOnDelete=True)
     outcome = w.run()
-    assert outcome.status["observedGeneration"] == 2 and w.kube.calls == []
+    # The finalizer comes with the flag (and only with it); otherwise only observedGeneration moves.
+    assert outcome.status["observedGeneration"] == 2
+    assert w.kube.calls == ["patch_finalizers wiki", "patch_status wiki"]
+    assert w.body["metadata"]["finalizers"] == ["datasetprep.io/finalizer"]
     assert all(c["observedGeneration"] == 2 for c in w.body["status"]["conditions"])
+    w.change_spec(deleteDataOnDelete=False)
+    w.run()
+    assert w.body["metadata"]["finalizers"] == []
 
 
 def test_renamed_config_map_replaces_the_old_one():
@@ -357,91 +292,12 @@ def test_progress_comes_from_the_watched_pods():
     w = World()
     w.run()
     w.kube.jobs[w.job_name]["status"] = {"active": 1, "startTime": "T0"}
-    report = {"bytesDone": 25, "bytesTotal": 100, "documents": 1, "tokens": 10, "tokensPerSecond": 5, "shard": None,
-              "time": 1}
-    pod = {"metadata": {"annotations": {builders.PROGRESS_ANNOTATION: json.dumps(report)}}}
-    w.run(seen=Seen(pods=lambda ns, job: [pod] if job == w.job_name else []))
+    record = ProgressRecord(bytes_done=25, bytes_total=100, documents=1, tokens=10, tokens_per_second=5, time=1)
+    pod = {"metadata": {"name": "wiki-pod"}, "status": {"phase": "Running"}}
+    w.kube.logs["wiki-pod"] = f"progress: 25% ...\n{record.to_log_line()}\nsome other line\n"
+    watched = w.watched()
+    outcome = w.run(seen=Seen(job=watched.job, pods=lambda ns, job: [pod] if job == w.job_name else []))
+    assert w.kube.log_reads == ["wiki-pod"]
+    assert outcome.requeue == pytest.approx(PROGRESS_INTERVAL_SECONDS)  # no event says a log grew: look again
     progress = w.body["status"]["progress"]
     assert progress["summary"] == "25%" and progress["tokens"] == 10 and w.body["status"]["startTime"] == "T0"
-
-
-@pytest.mark.parametrize("current,desired,patch", [
-    ({"a": 1}, {"a": 1}, {}),
-    ({"a": 1}, {"a": None}, {"a": None}),
-    ({}, {"a": None}, {}),
-    ({"p": {"x": 1, "eta": 5}}, {"p": {"x": 2}}, {"p": {"x": 2, "eta": None}}),
-    ({"c": [1]}, {"c": [1, 2]}, {"c": [1, 2]}),
-])
-def test_status_changes(current, desired, patch):
-    assert status_changes(current, desired) == patch
-
-
-# --------------------------------------------------------------------------- deleteDataOnDelete
-
-
-def test_delete_data_flow_and_when_the_data_is_kept():
-    from datasetprep_operator.reconcile import delete_data
-
-    w = World({**SPEC, "deleteDataOnDelete": True, "hfTokenSecretRef": {"name": "hf"}})
-    w.run()
-    w.finish(message=json.dumps(RESULT))
-    w.run()
-    assert w.body["status"]["phase"] == "Succeeded"
-    w.kube.list_datasetpreps = lambda ns: [w.body]
-    w.kube.pods = []  # the run's pods are gone
-
-    def step():
-        return delete_data(Resource(copy.deepcopy(w.body)), w.ctx)
-
-    # 1. the finished run Job is deleted first; 2. then the clean-up Job is created, without the token
-    first = step()
-    assert isinstance(first.error, kopf.TemporaryError) and w.job_name not in w.kube.jobs
-    second = step()
-    assert [e.reason for e in second.events] == ["DeletingData"] and isinstance(second.error, kopf.TemporaryError)
-    cleanup = w.kube.jobs["wiki-delete-data"]
-    c = cleanup["spec"]["template"]["spec"]["containers"][0]
-    assert c["command"] == ["datasetprep", "job", "--delete-data"]
-    assert "HF_TOKEN" not in {e["name"] for e in c["env"]}
-    assert cleanup["metadata"]["labels"][builders.LABEL_COMPONENT] == "delete-data"
-    assert "ownerReferences" not in cleanup["metadata"]  # it must outlive nothing: deleted when done
-    assert isinstance(step().error, kopf.TemporaryError)  # still running: wait, create nothing more
-    cleanup["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
-    term = {"exitCode": 0, "message": json.dumps({"ok": True, "deleted_files": 3, "deleted_bytes": 1234}),
-            "finishedAt": "T3"}
-    w.kube.pods = [{"metadata": {"name": "c", "labels": {builders.LABEL_COMPONENT: "delete-data"}},
-                    "status": {"phase": "Succeeded",
-                               "containerStatuses": [{"name": "datasetprep", "state": {"terminated": term}}]}}]
-    done = step()
-    assert done.error is None and [e.reason for e in done.events] == ["DataDeleted"]
-    assert "3 files, 1,234 bytes" in done.events[0].message and "wiki-delete-data" not in w.kube.jobs
-
-    # kept: another DatasetPrep points at this output
-    user = {"metadata": {"name": "other", "uid": "uid-2"}, "status": {"output": {"reusedFrom": "wiki"}}}
-    w.kube.list_datasetpreps = lambda ns: [w.body, user]
-    kept = step()
-    assert kept.error is None and [e.reason for e in kept.events] == ["DataKept"]
-    assert "DatasetPrep other still uses it" in kept.events[0].message and not w.kube.jobs
-    # kept: this one only reused another's output
-    w.body["status"]["output"]["reusedFrom"] = "maker"
-    assert "made by DatasetPrep maker" in step().events[0].message
-    # nothing at all without the flag
-    w.body["spec"]["deleteDataOnDelete"] = False
-    assert step() == Outcome()
-
-
-def test_delete_data_failure_is_reported_and_does_not_hold_the_resource():
-    from datasetprep_operator.reconcile import delete_data
-
-    w = World({**SPEC, "deleteDataOnDelete": True})
-    w.kube.list_datasetpreps = lambda ns: []
-    res = lambda: Resource(copy.deepcopy(w.body))  # noqa: E731
-    delete_data(res(), w.ctx)
-    w.kube.jobs["wiki-delete-data"]["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
-    term = {"exitCode": 1, "message": json.dumps({"ok": False, "error": "cannot write to /data: read-only"}),
-            "finishedAt": "T3"}
-    w.kube.pods = [{"metadata": {"name": "c", "labels": {builders.LABEL_COMPONENT: "delete-data"}},
-                    "status": {"phase": "Failed",
-                               "containerStatuses": [{"name": "datasetprep", "state": {"terminated": term}}]}}]
-    out = delete_data(res(), w.ctx)
-    assert out.error is None and [e.reason for e in out.events] == ["DeleteDataFailed"]
-    assert "cannot write to /data: read-only; it is left there" in out.events[0].message

@@ -10,29 +10,10 @@ import time
 import pytest
 
 from datasetprep import cli, indexed
-from paths import CORPUS_A, GOLDEN, REPO, SP_MODEL
+from datasetprep.contract import EXIT_PERMANENT, RunPlan
+from paths import GOLDEN, REPO, make_volume, volume_manifest
 
-MANIFEST = """apiVersion: datasetprep.io/v1alpha1
-kind: DatasetPrep
-metadata: {name: golden}
-spec:
-  source: {files: {paths: [raw/*.jsonl]}, textKeys: [text]}
-  tokenizer: {type: sentencepiece, path: {path: tok/tokenizer.model}}
-  output: {claimName: data, prefix: out/a_spbpe_eod}
-  appendEod: true
-  workers: 2
-"""
-
-
-def make_volume(root, manifest: str):
-    """A volume folder with the golden corpus under raw/, the SentencePiece model under tok/ and
-    ``manifest`` as dsp.yaml."""
-    (root / "raw").mkdir()
-    (root / "tok").mkdir()
-    shutil.copy(CORPUS_A, root / "raw" / "corpus_a.jsonl")
-    shutil.copy(SP_MODEL, root / "tok" / "tokenizer.model")
-    (root / "dsp.yaml").write_text(manifest)
-    return root
+MANIFEST = volume_manifest("golden", "out/a_spbpe_eod", workers=2)
 
 
 @pytest.fixture
@@ -82,56 +63,50 @@ def test_run_invalid_manifest_is_a_clear_error(volume, capsys, bad, msg):
     assert msg in capsys.readouterr().err
 
 
-def _job(volume, spec: dict, extra_env=None):
-    env = {"PATH": "/usr/bin:/bin", "DATASETPREP_SPEC": json.dumps(spec),
-           "DATASETPREP_VOLUMES": json.dumps({"data": str(volume)}),
-           "DATASETPREP_TERMINATION_LOG": str(volume / "termination-log"), **(extra_env or {})}
-    p = subprocess.run([sys.executable, "-c", "import sys; from datasetprep.cli import main; sys.exit(main())", "job"],
-                       env=env, capture_output=True, text=True, timeout=300)
-    return p, json.loads((volume / "termination-log").read_text())
-
-
 def _spec(volume):
     import yaml
 
     return yaml.safe_load((volume / "dsp.yaml").read_text())["spec"]
 
 
-def test_job_entrypoint_success_message(volume):
-    p, msg = _job(volume, _spec(volume))
+def test_job_entrypoint_success_message(volume, run_job):
+    p, msg = run_job(volume, _spec(volume))
     assert p.returncode == 0, p.stdout + p.stderr
     assert msg["ok"] is True and msg["reused"] is False
     out = msg["outputs"][0]
     meta = json.loads((GOLDEN / "a_spbpe_eod_text_document.json").read_text())
     assert out["prefix"] == "out/a_spbpe_eod_text_document"
     assert (out["documents"], out["tokens"], out["bin_sha256"]) == (526, 821228, meta["sha256"]["bin"])
+    manifest = json.loads((volume / "out" / "a_spbpe_eod.manifest.json").read_text())
     assert msg["tokenizer"] == {"type": "sentencepiece", "path": "tok/tokenizer.model", "vocab_size": 8000,
-                                "eod_id": 2}
+                                "eod_id": 2, "fingerprint": manifest["tokenizer"]["fingerprint"]}
+    assert len(manifest["tokenizer"]["fingerprint"]) == 64  # what a DatasetBlend compares
     assert len(json.dumps(msg)) < 4096
-    p, msg = _job(volume, _spec(volume))
+    p, msg = run_job(volume, _spec(volume))
     assert msg["reused"] is True
 
 
-def test_job_entrypoint_failure_message(volume):
+def test_job_entrypoint_failure_message(volume, run_job):
     with open(volume / "raw" / "corpus_a.jsonl", "a") as f:
         f.write('\n{"text": oops}\n')
-    p, msg = _job(volume, _spec(volume), {"HF_TOKEN": "hf_secretsecret"})
-    assert p.returncode == 1
+    p, msg = run_job(volume, _spec(volume), env={"HF_TOKEN": "hf_secretsecret"})
+    assert p.returncode == EXIT_PERMANENT and msg["kind"] == "permanent"  # the Job fails at once on it
     assert msg["ok"] is False and "corpus_a.jsonl:527: malformed JSON" in msg["error"]
     assert "Traceback" not in p.stdout + p.stderr
     assert "hf_secretsecret" not in p.stdout + p.stderr + json.dumps(msg)
     assert not (volume / "out").exists() or not list((volume / "out").glob("*.bin"))
 
 
-def test_job_entrypoint_bad_spec(volume):
+def test_job_entrypoint_bad_spec(volume, run_job):
     spec = _spec(volume)
     spec["workers"] = 0
-    p, msg = _job(volume, spec)
-    assert p.returncode == 1 and "spec.workers" in msg["error"]
+    p, msg = run_job(volume, spec, RunPlan(step="all"))
+    assert p.returncode == EXIT_PERMANENT and "spec.workers" in msg["error"]
 
 
 def test_startup_is_fast():
-    """`datasetprep --help` (imports, argument parsing) is well under a second."""
+    """`datasetprep --version` (imports, argument parsing) stays quick: a generous bound for a loaded CI
+    box, to catch a heavy import at start-up; bench/ measures the real figure."""
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "datasetprep.cli", "--version"], check=True, capture_output=True)
     assert time.perf_counter() - t0 < 5  # generous bound on a loaded CI box; bench/ measures it precisely
@@ -147,3 +122,37 @@ def test_demo_manifest_runs(tmp_path, capsys):
     assert cli.main(["run", "-f", str(demo / "datasetprep.yaml"), "--volume", f"demo={tmp_path}", "--no-progress"]) == 0
     ds = indexed.IndexedDataset(tmp_path / "out" / "devils_dictionary_text_document")
     assert ds.num_documents == 999
+
+
+def test_a_folder_the_job_may_not_write_to_is_a_permanent_error_naming_owner_mode_and_fix(tmp_path, monkeypatch):
+    """What the job says when the output folder refuses it (as root here, so the refusal is simulated;
+    the real one, a root-owned volume under a uid-65532 pod, is in tests/test_volume_e2e.py)."""
+    import errno
+    import os
+    import tempfile as tempfile_mod
+
+    from datasetprep import writable
+    from datasetprep.errors import BinarizeError, failure
+    from datasetprep.spec import parse_spec
+    from datasetprep.volumes import Volumes
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    root = tmp_path / "vol"
+    root.mkdir()
+    root.chmod(0o755)
+    spec = parse_spec({"source": {"hub": {"repo": "acme/x"}}, "tokenizer": {"type": "null", "vocabSize": 100},
+                       "output": {"claimName": "data", "prefix": "out/llama"}})
+    folders = writable.folders_to_write(spec, Volumes(spec, {"data": root}), downloads=True)
+    assert folders == [(root / "out", "spec.output.prefix"), (root / ".datasetprep", "the Hub cache of "
+                                                                                    "spec.output.claimName")]
+    monkeypatch.setattr(tempfile_mod, "TemporaryFile", refuse)
+    with pytest.raises(BinarizeError) as exc:
+        writable.require_writable(folders, claim="data")
+    message, kind = failure(exc.value).error, failure(exc.value).kind
+    assert kind == "permanent" and message.startswith(f"cannot write to {root / 'out'} (spec.output.prefix, claim data)")
+    st = (root / "out").stat()
+    assert f"is owned by uid {st.st_uid} gid {st.st_gid} with mode 0755" in message
+    assert f"the job runs as uid {os.getuid()} gid {os.getgid()}" in message
+    assert "spec.securityContext" in message and "jobVolumeInit.enabled=true" in message

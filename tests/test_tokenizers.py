@@ -117,7 +117,7 @@ def test_huggingface_byte_level_round_trip_is_exact(tmp_path):
 
 def test_tiktoken_round_trip_is_exact_and_specials_are_text(tmp_path, tiktoken_file):
     ds, m, tok = _binarize(tmp_path, "tiktoken", tiktoken_file, eod=False)
-    assert m["tokenizer"]["type"] == "tiktoken" and m["dtype"] == "uint16"
+    assert m.tokenizer.type == "tiktoken" and m.dtype == "uint16"
     texts = read_texts(CORPUS_A)
     for d, text in enumerate(texts):
         assert tok.decode(ds.document(d)) == text, d
@@ -130,7 +130,7 @@ def test_tiktoken_llama3_convention(tmp_path, llama3_file):
     assert tok.eod == 128001  # <|end_of_text|>
     assert tok.special["<|begin_of_text|>"] == 128000 and tok.special["<|eot_id|>"] == 128009
     ds, m, _ = _binarize(tmp_path, "auto", llama3_file, inp=CORPUS_A)
-    assert m["dtype"] == "int32"
+    assert m.dtype == "int32"
     texts = read_texts(CORPUS_A)
     for d in (1, 2, 146):
         ids = ds.document(d)
@@ -144,12 +144,15 @@ def test_null_tokenizer_round_trip(tmp_path):
         assert [int(x) for x in ds.document(d)] == [int(x) for x in text.split()] + [65498]
 
 
-def test_null_tokenizer_ids_beyond_dtype(tmp_path):
+def test_null_tokenizer_ids_beyond_vocabulary(tmp_path):
+    """Refused even when the id fits the dtype (500 < 65535): ids are tokens of a vocabulary."""
     f = tmp_path / "in.jsonl"
-    f.write_text('{"text": "1 2 3"}\n{"text": "70000"}\n')
-    with pytest.raises(TokenizerError, match="does not fit the output dtype uint16"):
-        _binarize(tmp_path, "null", None, inp=f, vocab_size=1000)
-    assert not list(tmp_path.glob("out*"))
+    for bad in ("70000", "500", "-1"):
+        f.write_text('{"text": "1 2 3"}\n{"text": "4 ' + bad + '"}\n')
+        with pytest.raises(TokenizerError, match=f"in.jsonl:2: .*token id {bad} is outside the null tokenizer's "
+                                                 r"vocabulary \(ids 0..99\): raise --vocab-size"):
+            _binarize(tmp_path, "null", None, inp=f, vocab_size=100)
+        assert not list(tmp_path.glob("out*"))
 
 
 def test_list_values_become_sentences(tmp_path):

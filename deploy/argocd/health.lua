@@ -1,9 +1,10 @@
--- Argo CD health check for datasetprep.io/DatasetPrep (Lua 5.1: Argo CD runs gopher-lua).
--- Installed as resource.customizations.health.datasetprep.io_DatasetPrep (argocd-cm-patch.yaml).
+-- Argo CD health check for datasetprep.io/DatasetPrep and datasetprep.io/DatasetBlend (Lua 5.1: Argo CD
+-- runs gopher-lua). One script for both kinds, which report kstatus conditions alike; installed as
+-- resource.customizations.health.datasetprep.io_DatasetPrep and ..._DatasetBlend (argocd-cm-patch.yaml).
 --
 --   Progressing  no status yet, or status.observedGeneration behind metadata.generation
 --                (the operator has not looked at the latest spec), or Reconciling=True,
---                or phase Pending/Running
+--                or phase Pending/Running (DatasetPrep; a DatasetBlend has no phase)
 --   Degraded     Stalled=True (message: the Stalled condition's message) or phase Failed
 --   Healthy      Ready=True and status.observedGeneration == metadata.generation
 --   Progressing  anything else (e.g. Ready=False with no verdict yet)

@@ -7,16 +7,21 @@
 * ``run -f manifest.yaml``: run a DatasetPrep manifest on this machine, no cluster.
 * ``job``: the Job pod entrypoint (used by the operator).
 * ``operator``: run the Kubernetes operator.
+* ``wait dsp/NAME`` / ``wait dsb/NAME``: wait until a DatasetPrep / DatasetBlend is Ready or Stalled (needs the
+  ``operator`` extra).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 from pathlib import Path
 
 from . import __version__
+from .naming import BLEND_SUFFIX
 
 
 def _die(msg: str, code: int = 1) -> int:
@@ -36,7 +41,8 @@ def add_binarize(sub) -> None:
         "{output_prefix}_{key}_document.bin/.idx, byte-identical to Megatron-LM's preprocess_data.py.",
     )
     p.add_argument("--input", nargs="+", required=True,
-                   help="input files, globs or save_to_disk folders (.jsonl/.json[.gz|.zst], .parquet, .arrow)")
+                   help="input files, globs or save_to_disk folders (.jsonl/.json[.gz|.zst], .parquet, .arrow); "
+                        "a path that exists is taken literally, even with [ ] * ? in its name")
     p.add_argument("--output-prefix", required=True, help="output path prefix")
     p.add_argument("--json-keys", nargs="+", default=["text"], help="fields to tokenize (one output each)")
     p.add_argument("--tokenizer-type", default=None,
@@ -60,6 +66,9 @@ def add_binarize(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.add_argument("--chunk-mib", type=float, default=None,
                    help="work unit size (advanced; default: input/64, between 1 and 16 MiB)")
+    p.add_argument("--max-document-bytes", type=str, default=None, metavar="SIZE",
+                   help="refuse a document (one JSONL line, or one row's text) larger than this, e.g. 512MiB "
+                        "(default 256MiB); a corrupt file without line ends then fails fast instead of filling memory")
     p.add_argument("--no-native", action="store_true", help="never use the native BPE engine")
     p.set_defaults(func=cmd_binarize)
 
@@ -79,16 +88,75 @@ def _tokenizer_args(a) -> tuple[str, str | None]:
     return kind or "auto", path
 
 
+MAX_WORKERS = 1024
+MAX_CHUNK_MIB = 4096
+MAX_TOKEN_ID = 2**31 - 1
+
+
+def output_prefix_problem(prefix: str, flag: str = "--output-prefix") -> str | None:
+    """Why a path cannot be an output prefix (None if it can): it names files, not a folder."""
+    name = os.path.basename(prefix)
+    if not prefix or prefix.endswith(("/", os.sep)) or name in ("", ".", ".."):
+        return (f"{flag} {prefix!r} names a folder, not a file prefix: outputs are {{prefix}}_{{key}}_document.bin/.idx, "
+                f"so give e.g. {os.path.join(prefix.rstrip('/' + os.sep) or '.', 'dataset')!r}")
+    return None
+
+
+def _binarize_args_problem(a) -> str | None:
+    """The first invalid flag value of ``binarize`` (with the fix), or None.  Also turns
+    ``--max-document-bytes`` into bytes."""
+    from .readers import MAX_PARTITIONS
+
+    if not 1 <= a.workers <= MAX_WORKERS:
+        return f"--workers must be between 1 and {MAX_WORKERS}, got {a.workers}"
+    if not 1 <= a.partitions <= MAX_PARTITIONS:
+        return (f"--partitions must be between 1 and {MAX_PARTITIONS} (Megatron-LM's round-robin order makes one "
+                f"pass over the input per partition), got {a.partitions}")
+    if a.chunk_mib is not None and not (math.isfinite(a.chunk_mib) and 0 < a.chunk_mib <= MAX_CHUNK_MIB):
+        return f"--chunk-mib must be a number of MiB above 0 and at most {MAX_CHUNK_MIB}, got {a.chunk_mib}"
+    if a.eod_id is not None and not 0 <= a.eod_id <= MAX_TOKEN_ID:
+        return f"--eod-id must be a token id (0 to {MAX_TOKEN_ID}, within the tokenizer's vocabulary), got {a.eod_id}"
+    if a.vocab_size is not None and not 1 <= a.vocab_size <= MAX_TOKEN_ID + 1:
+        return f"--vocab-size must be between 1 and {MAX_TOKEN_ID + 1}, got {a.vocab_size}"
+    try:
+        a.max_document_bytes = parse_size(a.max_document_bytes, "--max-document-bytes")
+    except ValueError as e:
+        return str(e)
+    return output_prefix_problem(a.output_prefix)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
+          "g": 1000**3, "gb": 1000**3, "gib": 1 << 30}
+
+
+def parse_size(text: str | None, flag: str) -> int:
+    """``--max-document-bytes``: bytes, or a number with a unit (512MiB, 1GiB, 300MB); None: the default."""
+    from .limits import DEFAULT_MAX_DOCUMENT_BYTES, MAX_MAX_DOCUMENT_BYTES, MIN_MAX_DOCUMENT_BYTES
+
+    if text is None:
+        return DEFAULT_MAX_DOCUMENT_BYTES
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _UNITS:
+        raise ValueError(f"{flag} {text!r} is not a size: give bytes or a number with a unit, e.g. 512MiB or 1GiB")
+    n = int(float(m.group(1)) * _UNITS[unit])
+    if not MIN_MAX_DOCUMENT_BYTES <= n <= MAX_MAX_DOCUMENT_BYTES:
+        raise ValueError(f"{flag} {text!r} is outside {MIN_MAX_DOCUMENT_BYTES >> 10} KiB .. "
+                         f"{MAX_MAX_DOCUMENT_BYTES >> 30} GiB")
+    return n
+
+
 def cmd_binarize(a) -> int:
-    from . import pipeline, progress, readers, tokenization
+    from . import layout, pipeline, progress, readers, tokenization
 
     if a.dataset_impl != "mmap":
         return _die(f"--dataset-impl {a.dataset_impl} is a legacy format; only mmap (MMIDIDX) is written", 2)
     if a.split_sentences:
         return _die("--split-sentences (NLTK sentence splitting) is not supported; give list-valued fields "
                     "instead: each list element becomes its own sequence", 2)
-    if a.workers < 1:
-        return _die("--workers must be at least 1", 2)
+    problem = _binarize_args_problem(a)
+    if problem:
+        return _die(problem, 2)
     kind, path = _tokenizer_args(a)
     cfg = tokenization.resolve_config(kind, path, vocab_size=a.vocab_size, eod_id=a.eod_id,
                                       add_special_tokens=not a.tokenizer_hf_no_include_special_tokens,
@@ -100,17 +168,18 @@ def cmd_binarize(a) -> int:
         append_eod=a.append_eod, workers=a.workers, overwrite=a.overwrite,
         chunk_bytes=max(1, int(a.chunk_mib * 2**20)) if a.chunk_mib else None, partitions=a.partitions,
         keep_sequential=a.keep_sequential_samples, progress=prog,
+        max_document_bytes=a.max_document_bytes, who=f"datasetprep binarize --output-prefix {a.output_prefix}",
+        log=lambda m: print(m, file=sys.stderr),
     )
     try:
         m = pipeline.run(req)
     finally:
         if prog:
             prog.close()
-    for o in m["outputs"]:
-        print(f"wrote {Path(a.output_prefix).parent / o['prefix']}.{{bin,idx}}: {o['documents']:,} documents, "
-              f"{o['sequences']:,} sequences, {o['tokens']:,} tokens ({o['dtype']})")
-    print(f"in {m['stats']['seconds']:.2f} s with {a.workers} worker(s); manifest "
-          f"{pipeline.manifest_path(a.output_prefix)}")
+    for o in m.outputs:
+        print(f"wrote {Path(a.output_prefix).parent / o.prefix}.{{bin,idx}}: {o.documents:,} documents, "
+              f"{o.sequences:,} sequences, {o.tokens:,} tokens ({o.dtype})")
+    print(f"in {m.stats.seconds:.2f} s with {a.workers} worker(s); manifest {layout.manifest_path(a.output_prefix)}")
     return 0
 
 
@@ -134,8 +203,10 @@ def inspect_dataset(prefix: str, n: int = 3, tok=None) -> dict:
     import numpy as np
 
     from .indexed import IndexedDataset
+    from .publish import recover_dataset
 
     prefix = prefix[:-4] if prefix.endswith((".bin", ".idx")) else prefix
+    recover_dataset(prefix, log=lambda m: print(f"datasetprep: {m}", file=sys.stderr))  # a cut publish
     ds = IndexedDataset(prefix)
     lens = ds.sequence_lengths.astype(np.int64)
     di = np.asarray(ds.document_indices)
@@ -164,7 +235,7 @@ def cmd_inspect(a) -> int:
     tok = None
     if a.tokenizer_model or (a.tokenizer_type and a.tokenizer_type.lower().startswith("null")):
         tok = tokenization.load_tokenizer(a.tokenizer_type, a.tokenizer_model, vocab_size=a.vocab_size)
-    if a.prefix.endswith(".blend.txt"):
+    if a.prefix.endswith(BLEND_SUFFIX):
         return _inspect_blend(a, tok)
     info = inspect_dataset(a.prefix, a.num_docs, tok)
     if a.json:
@@ -227,6 +298,9 @@ def add_merge(sub) -> None:
 def cmd_merge(a) -> int:
     from .merge import merge
 
+    problem = output_prefix_problem(a.output_prefix)
+    if problem:
+        return _die(problem, 2)
     info = merge(a.input, a.output_prefix, a.overwrite)
     print(f"wrote {a.output_prefix}.{{bin,idx}}: {info['documents']:,} documents, {info['sequences']:,} sequences, "
           f"{info['tokens']:,} tokens ({info['dtype']}) from {len(info['inputs'])} inputs in {info['seconds']} s")
@@ -264,7 +338,17 @@ def load_manifest_spec(path: str):
         if isinstance(d, dict) and d.get("kind") == KIND:
             if d.get("apiVersion") != API_VERSION:
                 raise ValueError(f"{path}: apiVersion must be {API_VERSION}, got {d.get('apiVersion')}")
-            return (d.get("metadata") or {}).get("name", "local"), parse_spec(d.get("spec") or {})
+            meta = d.get("metadata") or {}
+            if not isinstance(meta, dict):
+                raise ValueError(f"{path}: metadata must be a mapping (e.g. 'metadata: {{name: wiki}}'), "
+                                 f"got {type(meta).__name__} {str(meta)[:40]!r}")
+            name = meta.get("name", "local")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"{path}: metadata.name must be a non-empty string, got {name!r}")
+            spec = d.get("spec") or {}
+            if not isinstance(spec, dict):
+                raise ValueError(f"{path}: spec must be a mapping of DatasetPrep fields, got {type(spec).__name__}")
+            return name, parse_spec(spec)
     if len(docs) == 1 and isinstance(docs[0], dict) and "source" in docs[0]:
         return "local", parse_spec(docs[0])
     raise ValueError(f"{path} holds no {KIND} (apiVersion {API_VERSION})")
@@ -273,7 +357,10 @@ def load_manifest_spec(path: str):
 def cmd_run(a) -> int:
     from . import progress
     from .runner import run_spec
+    from .settings import Settings, read_token
 
+    if a.workers is not None and not 1 <= a.workers <= MAX_WORKERS:
+        return _die(f"--workers must be between 1 and {MAX_WORKERS}, got {a.workers}", 2)
     name, spec = load_manifest_spec(a.filename)
     base = Path(a.filename).resolve().parent
     claims = {spec.output.claim_name}
@@ -287,59 +374,110 @@ def cmd_run(a) -> int:
             raise ValueError(f"--volume {v!r}: expected CLAIM=DIR")
         c, d = v.split("=", 1)
         volumes[c] = Path(d).resolve()
-    token = os.environ.get("HF_TOKEN") or None
+    settings = Settings.from_env()
     prog = progress.make(not a.no_progress)
     try:
-        res = run_spec(spec, volumes, token=token, workers=a.workers, overwrite=a.overwrite, progress=prog,
-                       log=lambda m: print(m, file=sys.stderr))
+        res = run_spec(spec, volumes, settings=settings, token=read_token(), workers=a.workers,
+                       overwrite=a.overwrite, progress=prog, log=lambda m: print(m, file=sys.stderr),
+                       who=f"datasetprep run -f {a.filename}")
     finally:
         if prog:
             prog.close()
     root = volumes[spec.output.claim_name]
-    verb = "reused" if res["reused"] else "wrote"
-    for o in res["outputs"]:
-        if o.get("blend_file"):
-            used = sum(1 for w in o["blend_weights"] if w)
-            print(f"{name}: {verb} {o['shards']} shard datasets, blend list {root / o['blend_file']} "
-                  f"({used} non-empty; Megatron-LM: --data-args-path): {o['documents']:,} documents, "
-                  f"{o['tokens']:,} tokens ({o['dtype']})")
+    verb = "reused" if res.reused else "wrote"
+    for o in res.outputs:
+        if o.blend_file:
+            used = sum(1 for w in o.blend_weights or () if w)
+            print(f"{name}: {verb} {o.shards} shard datasets, blend list {root / o.blend_file} "
+                  f"({used} non-empty; Megatron-LM: --data-args-path): {o.documents:,} documents, "
+                  f"{o.tokens:,} tokens ({o.dtype})")
         else:
-            print(f"{name}: {verb} {root / o['prefix']}.{{bin,idx}}: {o['documents']:,} documents, "
-                  f"{o['tokens']:,} tokens ({o['dtype']})")
+            print(f"{name}: {verb} {root / o.prefix}.{{bin,idx}}: {o.documents:,} documents, "
+                  f"{o.tokens:,} tokens ({o.dtype})")
     return 0
 
 
 def add_job(sub) -> None:
-    p = sub.add_parser("job", help="Job pod entrypoint (reads DATASETPREP_SPEC; used by the operator)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--merge", action="store_true", help="assemble and publish after all shards are done")
-    g.add_argument("--delete-data", action="store_true",
-                   help="delete the spec's published dataset and unfinished work (spec.deleteDataOnDelete)")
-    p.set_defaults(func=lambda a: __import__("datasetprep.job", fromlist=["main"]).main(
-        ["--merge"] if a.merge else ["--delete-data"] if a.delete_data else []))
+    p = sub.add_parser("job", help="Job pod entrypoint (used by the operator)",
+                       description="Run one step of a DatasetPrep, as the operator's Job pods do: the spec, the "
+                       "volumes and the run plan come from the environment (DATASETPREP_SPEC, DATASETPREP_VOLUMES, "
+                       "DATASETPREP_RUN; see datasetprep.contract).")
+    p.set_defaults(func=lambda a: __import__("datasetprep.job", fromlist=["main"]).main())
+
+
+def add_check(sub) -> None:
+    p = sub.add_parser("check-training-config", help="check a training ConfigMap from inside a training pod",
+                       description="Read the training ConfigMap mounted at DIR as each trainer reads it (Megatron-LM, "
+                       "NeMo 2, Megatron-Bridge, the NeMo guide's config.yaml), check that all describe the same "
+                       "blend, and open every dataset it lists with the index reader (counts and dtype checked). "
+                       "Exits 1 with what is wrong.")
+    p.add_argument("dir", nargs="?", default="/etc/datasetprep", help="where the ConfigMap is mounted")
+    p.set_defaults(func=cmd_check)
+
+
+def cmd_check(a) -> int:
+    from .trainercheck import check
+
+    check(Path(a.dir))
+    print("training config OK")
+    return 0
 
 
 def add_operator(sub) -> None:
     p = sub.add_parser("operator", help="run the Kubernetes operator")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--namespace", "-n", action="append", default=None, help="watch this namespace (repeatable)")
-    g.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
+    g.add_argument("--all-namespaces", "-A", action="store_true",
+                   help="watch every namespace (default, unless DATASETPREP_WATCH_NAMESPACES names some)")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' to disable)")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 to disable)")
     p.add_argument("--peering", default=None, help="kopf peering name for several replicas (default: standalone)")
     p.add_argument("--priority", type=int, default=None,
                    help="kopf peering priority (replicas need distinct ones; the Helm chart derives it)")
+    p.add_argument("--log-format", choices=("text", "json"), default=None,
+                   help="log lines as text (default) or one JSON object per line for log shippers "
+                        "(default: DATASETPREP_LOG_FORMAT, else text)")
     p.set_defaults(func=cmd_operator)
 
 
 def cmd_operator(a) -> int:
-    from datasetprep_operator import cli as op_cli
+    try:
+        from datasetprep_operator import cli as op_cli
+    except ImportError as e:  # the job image: the engine without the operator's dependencies
+        raise ValueError(f"the operator is not installed here ({e.name} is missing): use the operator image, "
+                         "or pip install 'datasetprep[operator]'") from None
 
     return op_cli.run(
-        namespaces=a.namespace, all_namespaces=a.all_namespaces or not a.namespace,
+        namespaces=a.namespace, all_namespaces=a.all_namespaces,
         liveness=a.liveness or None, metrics_port=a.metrics_port or None,
-        peering=a.peering, standalone=a.peering is None, priority=a.priority,
+        peering=a.peering, standalone=a.peering is None, priority=a.priority, log_format=a.log_format,
     ) or 0
+
+
+def add_wait(sub) -> None:
+    p = sub.add_parser(
+        "wait", help="wait until a DatasetPrep or DatasetBlend is Ready or Stalled; exit 0 if Ready, 1 if it failed",
+        description="Wait until a DatasetPrep (dsp/NAME) or a DatasetBlend (dsb/NAME) is Ready or Stalled for its "
+        "current spec, print its message, and "
+        "exit 0 (Ready), 1 (Stalled, deleted, not found) or 124 (timed out). Uses the credentials kubectl "
+        "uses ($KUBECONFIG).")
+    p.add_argument("target", metavar="dsp/NAME|dsb/NAME",
+                   help="the DatasetPrep (dsp/NAME, datasetprep/NAME or NAME) or the DatasetBlend (dsb/NAME, "
+                   "datasetblend/NAME)")
+    p.add_argument("--namespace", "-n", default=None, help="its namespace (default: the kubeconfig context's)")
+    p.add_argument("--timeout", default="none",
+                   help="give up after this long: 6h, 1h30m, 90s, 45 (seconds), 0 (look once); default none")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr while waiting")
+    p.set_defaults(func=cmd_wait)
+
+
+def cmd_wait(a) -> int:
+    try:
+        from datasetprep_operator import wait
+    except ImportError as e:  # the job image: no Kubernetes client
+        raise ValueError(f"datasetprep wait needs the Kubernetes client ({e.name} is missing): "
+                         "pip install 'datasetprep[operator]'") from None
+    return wait.run(a.target, a.namespace, a.timeout, quiet=a.quiet)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,27 +487,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="datasetprep", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"datasetprep {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (add_binarize, add_inspect, add_merge, add_run, add_job, add_operator):
+    for add in (add_binarize, add_inspect, add_merge, add_run, add_job, add_check, add_operator, add_wait):
         add(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    debug = bool(os.environ.get("DATASETPREP_DEBUG"))  # the entry point: tracebacks instead of messages
     args = build_parser().parse_args(argv)
-    if args.command == "job":
+    if args.command in ("job", "operator"):  # the job handles its signals itself, kopf its own
         return args.func(args)
+    from . import signals
     from .errors import user_message
 
+    signals.install()
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
         return _die("interrupted; nothing was published", 130)
+    except signals.Terminated:
+        return _die("terminated (SIGTERM); nothing was published, and a rerun resumes the chunks already done",
+                    signals.EXIT_TERMINATED)
     except Exception as e:
         if e.__class__.__name__ == "ValidationError":
             from .spec import format_validation_error
 
             return _die(format_validation_error(e), 2)
-        if os.environ.get("DATASETPREP_DEBUG"):
+        if debug:
             raise
         return _die(user_message(e))
 

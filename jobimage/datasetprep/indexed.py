@@ -25,6 +25,9 @@ from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
+from .errors import FormatError
+from .naming import LEVEL, dataset_prefix
+
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
 HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, S, D1  (34 bytes)
@@ -45,10 +48,6 @@ CODE_OF = {v: k for k, v in DTYPE_CODES.items()}
 BLOCK = 1 << 20  # elements per block when streaming index arrays
 
 
-class FormatError(ValueError):
-    """A file is not a valid MMIDIDX dataset."""
-
-
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
     """Megatron's rule: uint16 when the vocabulary size is below 65500, else int32."""
     return np.dtype(np.uint16) if vocab_size is not None and vocab_size < 65500 else np.dtype(np.int32)
@@ -62,14 +61,25 @@ def idx_path(prefix: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(prefix)}.idx")
 
 
-def output_prefix(prefix: str | os.PathLike, key: str, level: str = "document") -> str:
+def output_prefix(prefix: str | os.PathLike, key: str, level: str = LEVEL) -> str:
     """``{prefix}_{key}_{level}``, the naming of Megatron-LM's preprocess_data.py."""
-    return f"{os.fspath(prefix)}_{key}_{level}"
+    return dataset_prefix(os.fspath(prefix), key, level)
 
 
 # ---------------------------------------------------------------------------------------------
 # Parts: what one worker writes for one chunk of input.
 # ---------------------------------------------------------------------------------------------
+
+
+def _create(path: str, buffering: int) -> BinaryIO:
+    """A part file made anew: whatever was at its name (a file of a cut attempt, or a link someone
+    planted in the work folder) is unlinked, never followed or written through."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    return os.fdopen(fd, "wb", buffering=buffering)
 
 
 class PartWriter:
@@ -83,10 +93,10 @@ class PartWriter:
     def __init__(self, base: str | os.PathLike, dtype: np.dtype):
         self.base = os.fspath(base)
         self.dtype = np.dtype(dtype)
-        self._bin = open(self.base + ".bin", "wb", buffering=1 << 20)
+        self._bin = _create(self.base + ".bin", 1 << 20)
         self._bin_hash = hashlib.sha256()
-        self._len = open(self.base + ".len", "wb", buffering=1 << 16)
-        self._doc = open(self.base + ".doc", "wb", buffering=1 << 16)
+        self._len = _create(self.base + ".len", 1 << 16)
+        self._doc = _create(self.base + ".doc", 1 << 16)
         self._lens: list[int] = []
         self._docs: list[int] = []
         self.documents = 0
@@ -125,6 +135,12 @@ class PartWriter:
         self.documents += int(len(docs))
         self.sequences += int(len(seq_lens))
         self.tokens += int(tokens.shape[0])
+        if len(seq_lens):
+            # tokens per document: sums of its sequences' lengths
+            ends = np.cumsum(np.asarray(docs, dtype=np.int64))
+            csum = np.concatenate(([0], np.cumsum(np.asarray(seq_lens, dtype=np.int64))))
+            per_doc = csum[ends] - csum[ends - np.asarray(docs, dtype=np.int64)]
+            self.max_document_tokens = max(self.max_document_tokens, int(per_doc.max()))
 
     def _flush_index(self) -> None:
         if self._lens:
@@ -321,6 +337,54 @@ def assemble(parts: list, prefix: str, dtype: np.dtype) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class IndexHeader:
+    """What an ``.idx`` header says, checked against the sizes of both files without reading the arrays."""
+
+    dtype: np.dtype
+    sequences: int
+    document_count: int
+    """The header's document count: ``document_indices`` entries, i.e. documents + 1 (what Megatron's
+    ``_IndexReader.document_count`` and ``tools/build_sequences_per_dataset.py`` report)."""
+
+    @property
+    def documents(self) -> int:
+        return self.document_count - 1
+
+
+def read_header(prefix: str | os.PathLike) -> IndexHeader:
+    """The header of ``prefix.idx``, with O(1) checks: both files exist, the ``.idx`` is as long as its
+    header says, and the ``.bin`` ends where the last sequence ends. (:class:`IndexedDataset` checks every
+    sequence.)"""
+    ip, bp = idx_path(prefix), bin_path(prefix)
+    for p in (ip, bp):
+        if not p.exists():
+            raise FormatError(f"{p} does not exist (expected the pair {bp.name} + {ip.name})")
+    size = ip.stat().st_size
+    with open(ip, "rb") as f:
+        raw = f.read(HEADER.size)
+        if len(raw) < HEADER.size:
+            raise FormatError(f"{ip} is {size} bytes, shorter than the 34-byte MMIDIDX header")
+        magic, version, code, S, D1 = HEADER.unpack(raw)
+        if magic != MAGIC or version != VERSION or code not in DTYPE_CODES:
+            raise FormatError(f"{ip} is not a Megatron MMIDIDX index version 1 (magic {magic!r}, version "
+                              f"{version}, dtype code {code})")
+        expected = HEADER.size + 12 * S + 8 * D1
+        if size not in (expected, expected + S):
+            raise FormatError(f"{ip} is {size} bytes but its header says {expected} (S={S}, D1={D1})")
+        dtype = DTYPE_CODES[code]
+        end = 0
+        if S:
+            f.seek(HEADER.size + 4 * (S - 1))
+            (last_len,) = struct.unpack("<i", f.read(4))
+            f.seek(HEADER.size + 4 * S + 8 * (S - 1))
+            (last_ptr,) = struct.unpack("<q", f.read(8))
+            end = last_ptr + last_len * dtype.itemsize
+    if bp.stat().st_size != end:
+        raise FormatError(f"{bp} is {bp.stat().st_size} bytes but its index ends at byte {end}")
+    return IndexHeader(dtype=dtype, sequences=S, document_count=D1)
+
+
 class IndexedDataset:
     """Memory-mapped reader of a ``.bin``/``.idx`` pair, validating every invariant."""
 
@@ -356,11 +420,35 @@ class IndexedDataset:
         if D1 > 1 and np.any(np.diff(self.document_indices) < 0):
             raise FormatError(f"{ip}: document indices decrease")
         bsize = bp.stat().st_size
-        itemsize = self.dtype.itemsize
-        total = int(self.sequence_lengths.astype(np.int64).sum()) * itemsize
+        total = self._check_sequences(ip)
         if bsize != total:
             raise FormatError(f"{bp} is {bsize} bytes but the index describes {total}")
         self._bin = np.memmap(bp, dtype=self.dtype, mode="r") if bsize else np.zeros(0, self.dtype)
+
+    def _check_sequences(self, ip: Path) -> int:
+        """Every length is >= 0 and every pointer is where the previous sequence ends (sequences
+        back to back from byte 0, as Megatron writes them); returns the bytes they cover.  In
+        blocks, so memory stays small for any index."""
+        itemsize = self.dtype.itemsize
+        offset = 0
+        lens, ptrs = self.sequence_lengths, self.sequence_pointers
+        for i in range(0, len(lens), BLOCK):
+            blk = np.asarray(lens[i:i + BLOCK]).astype(np.int64)
+            if blk.size and int(blk.min()) < 0:
+                j = i + int((blk < 0).argmax())
+                raise FormatError(f"{ip}: sequence {j} has a negative length ({int(lens[j])}); the index is corrupt: "
+                                  "make the dataset again")
+            want = np.empty_like(blk)
+            want[0] = offset
+            np.cumsum(blk[:-1] * itemsize, out=want[1:])
+            want[1:] += offset
+            got = np.asarray(ptrs[i:i + BLOCK])
+            if not np.array_equal(got, want):
+                j = i + int((got != want).argmax())
+                raise FormatError(f"{ip}: sequence {j} starts at byte {int(ptrs[j])} of the .bin, but the lengths "
+                                  f"before it end at byte {int(want[j - i])}; the index is corrupt: make the dataset again")
+            offset += int(blk.sum()) * itemsize
+        return offset
 
     @property
     def num_sequences(self) -> int:

@@ -1,108 +1,96 @@
 """The Job pod entrypoint (``datasetprep job``).
 
-The operator hands the work order over in the environment:
-
-* ``DATASETPREP_SPEC``: the DatasetPrep spec as JSON (camelCase; it holds no secret);
-* ``DATASETPREP_VOLUMES``: JSON object claim name → mount path;
-* ``HF_TOKEN``: only through ``secretKeyRef`` (or ``HF_TOKEN_FILE``), never a literal.
-
-The result goes to the termination message (``/dev/termination-log``, or
-``DATASETPREP_TERMINATION_LOG``) as compact JSON, which the operator reads from the pod status:
-``{"ok": true, "outputs": [...], "tokenizer": {...}, "fingerprint": ..., "resolved_revision": ...}`` or
-``{"ok": false, "error": "<message for users>"}`` with exit code 1.  Kubernetes keeps at most
-4096 bytes of it, so it stays compact.
+The operator hands the work order over in the environment (:class:`~datasetprep.contract.JobInputs`:
+the spec, the volumes, the run plan; the token only through ``secretKeyRef``); the data plane's
+settings are read here too (:class:`~datasetprep.settings.Settings`), once. The result goes to the
+termination message as :func:`~datasetprep.contract.encode_result` writes it, which the operator
+reads from the pod status; a failure also exits non-zero: :data:`~datasetprep.contract.EXIT_PERMANENT`
+when the error is permanent (the Job's ``podFailurePolicy`` then stops retrying), 143 when stopped by
+SIGTERM, else 1. Every field of both is defined in :mod:`datasetprep.contract`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
+import socket
 import sys
 
-from . import progress as progress_mod
-from .errors import user_message
-from .runner import run_spec
-from .spec import format_validation_error, parse_spec
-
-TERMINATION_LOG = "/dev/termination-log"
-MAX_MESSAGE = 4000
-
-
-def _termination_path() -> str:
-    return os.environ.get("DATASETPREP_TERMINATION_LOG", TERMINATION_LOG)
+from . import progress, signals
+from .contract import TERMINATION_MESSAGE_PATH, BlendOrder, Failed, JobInputs, JobResult, encode_result, exit_code
+from .errors import failure
+from .runner import delete_output, run_spec
+from .settings import JOB_LOCK_WAIT, Settings, read_token
+from .volumes import Volumes
+from .writable import folders_to_write, require_writable
 
 
-def write_termination(doc: dict) -> None:
-    text = json.dumps(doc, separators=(",", ":"), sort_keys=True)
-    if len(text) > MAX_MESSAGE and doc.get("ok"):
-        # Kubernetes keeps 4 KiB: drop what the operator can do without, least useful first (the
-        # blend weights stay in the blend list file on the volume)
-        doc = dict(doc, outputs=[dict(o) for o in doc.get("outputs", [])])
-        for field in ("idx_sha256", "bin_sha256", "blend_weights"):
-            for o in doc["outputs"]:
-                o.pop(field, None)
-            text = json.dumps(doc, separators=(",", ":"), sort_keys=True)
-            if len(text) <= MAX_MESSAGE:
-                break
-        else:
-            doc = {"ok": False, "error": "the job's result does not fit in a termination message (too many text keys?)"}
-            text = json.dumps(doc, separators=(",", ":"))
-    elif len(text) > MAX_MESSAGE:
-        doc = {"ok": False, "error": doc.get("error", "")[: MAX_MESSAGE - 40]}
-        text = json.dumps(doc, separators=(",", ":"))
+def write_termination(result: JobResult, path: str = TERMINATION_MESSAGE_PATH) -> None:
+    """Write the result where Kubernetes reads the termination message, and to stdout."""
+    text = encode_result(result)
     try:
-        with open(_termination_path(), "w", encoding="utf-8") as f:
+        with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError:
         pass  # not in a pod (or no termination log): stdout still has it
     print(f"result: {text}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+TERMINATED = ("stopped by SIGTERM (the pod was deleted, evicted or preempted) before it finished; nothing was "
+              "published, and a rerun resumes the chunks already done")
+
+
+def main() -> int:
+    """``datasetprep job``. Started as PID 1 (the container's first process: no shell runs before
+    it), it forks and stays as a small init: it forwards the stop signals and reaps every process
+    (``signals.supervise``); the child does the work."""
+    if os.getpid() == 1:
+        return signals.supervise(_main)
+    return _main()
+
+
+def _main() -> int:
+    signals.install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     log = logging.getLogger("datasetprep.job")
     token = None
+    termination_log = TERMINATION_MESSAGE_PATH
     try:
-        raw = os.environ.get("DATASETPREP_SPEC")
-        if not raw:
-            raise ValueError("DATASETPREP_SPEC is not set: the operator passes the spec as JSON in it")
-        try:
-            spec = parse_spec(json.loads(raw))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"DATASETPREP_SPEC is not valid JSON ({e.msg})") from None
-        volumes = json.loads(os.environ.get("DATASETPREP_VOLUMES") or "{}")
-        if not volumes:
-            volumes = {spec.output.claim_name: spec.output.mount_path}
-        from . import hub
+        settings = Settings.from_env(os.environ, lock_wait=JOB_LOCK_WAIT)
+        termination_log = settings.termination_log
+        blend = BlendOrder.from_env(os.environ)
+        if blend is not None:  # a DatasetBlend's files Job: no DatasetPrep, no token
+            from .blendjob import write_blend
 
-        token = hub.token_from_env()
-        if token:
-            hub.install_token_redaction(token)
-        if argv and "--delete-data" in argv:  # the operator's clean-up when the DatasetPrep is deleted
-            from .runner import delete_output
-
-            write_termination(delete_output(spec, volumes, log=log.info))
+            write_termination(write_blend(blend, log=log.info, lock_wait=settings.lock_wait), termination_log)
             return 0
-        mode, index = "all", None
-        if argv and "--merge" in argv:
-            mode = "merge"
-        elif spec.shards > 1:
-            raw_index = os.environ.get("JOB_COMPLETION_INDEX")
-            if raw_index is None:
-                raise ValueError("spec.shards > 1 but JOB_COMPLETION_INDEX is not set: shard pods run in an "
-                                 "Indexed Job (completionMode: Indexed)")
-            mode, index = "shard", int(raw_index)
-        reporter = progress_mod.PodProgress.from_env(progress_mod.PlainProgress(sys.stdout, interval=5.0),
-                                                     shard=index)
-        result = run_spec(spec, volumes, token=token, overwrite=True, progress=reporter, log=log.info,
-                          mode=mode, shard_index=index)
-        result.pop("manifest", None)
-        write_termination(result)
-        return 0
-    except Exception as e:  # every failure ends as a message for the user, not a traceback
-        msg = format_validation_error(e) if e.__class__.__name__ == "ValidationError" else user_message(e)
+        inputs = JobInputs.from_env(os.environ)
+        if inputs.plan.step != "delete":  # a volume the job may not write to fails now, with the fix
+            vols = Volumes(inputs.spec, inputs.volumes)
+            require_writable(folders_to_write(inputs.spec, vols, downloads=True), claim=inputs.spec.output.claim_name,
+                             root=vols.output_root)
+        token = read_token(os.environ)
         if token:
-            msg = msg.replace(token, "***")
-        log.error("%s", msg)
-        write_termination({"ok": False, "error": msg})
-        return 1
+            from .hub import install_token_redaction
+
+            install_token_redaction(token)
+        who = (f"datasetprep job (pod {socket.gethostname()}, DatasetPrep {inputs.namespace or '?'}/"
+               f"{inputs.name or '?'}, step {inputs.plan.step})")
+        if inputs.plan.step == "delete":  # the operator's clean-up when the DatasetPrep is deleted
+            write_termination(delete_output(inputs.spec, inputs.volumes, log=log.info, lock_wait=settings.lock_wait,
+                                            who=who), termination_log)
+            return 0
+        reporter = progress.LogProgress(progress.PlainProgress(sys.stdout, interval=5.0), sys.stdout,
+                                        shard=inputs.plan.index)
+        result = run_spec(inputs.spec, inputs.volumes, plan=inputs.plan, settings=settings, token=token,
+                          overwrite=True, progress=reporter, log=log.info, who=who)
+        write_termination(result, termination_log)
+        return 0
+    except signals.Terminated:
+        log.error("%s", TERMINATED)
+        write_termination(Failed(error=TERMINATED, kind="transient"), termination_log)
+        return signals.EXIT_TERMINATED
+    except Exception as e:  # every failure ends as a message for the user, not a traceback
+        result = failure(e, secret=token)
+        log.error("%s", result.error)
+        write_termination(result, termination_log)
+        return exit_code(result.kind)

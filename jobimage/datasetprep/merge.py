@@ -1,14 +1,18 @@
-"""Merge indexed datasets (Megatron-LM's ``tools/merge_datasets.py``), streaming, atomically."""
+"""Merge indexed datasets (Megatron-LM's ``tools/merge_datasets.py``), streaming, atomically: under
+the output prefix's lock, published like every output (``publish``: the ``.idx`` appears only after
+its ``.bin``, with a journal that the next run finishes if the process is killed in between)."""
 from __future__ import annotations
 
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
-from . import indexed
-from .pipeline import BinarizeError, _fsync_dir
+from . import indexed, ownership
+from .errors import BinarizeError
+from .layout import remove_stale_work_dirs
+from .naming import BLEND_SUFFIX, TMP_DIR_PREFIX
+from .publish import COMMIT, DATA, Move, new_tmp_dir, publish, recover, recover_dataset
 
 
 def prefixes_in_dir(d: Path) -> list[str]:
@@ -23,9 +27,6 @@ def prefixes_in_dir(d: Path) -> list[str]:
     if not stems:
         raise BinarizeError(f"{d} holds no .bin/.idx pairs")
     return [os.fspath(d / s) for s in stems]
-
-
-BLEND_SUFFIX = ".blend.txt"
 
 
 def read_blend(path: str | os.PathLike) -> list[tuple[float, str]]:
@@ -68,6 +69,7 @@ def merge(inputs: list[str], output_prefix: str, overwrite: bool = False) -> dic
     sources = []
     for p in inputs:
         p = p[:-4] if p.endswith((".bin", ".idx")) else p
+        recover_dataset(p)  # a publish of it that was cut is finished first
         ds = indexed.IndexedDataset(p)
         if ds.multimodal:
             raise BinarizeError(f"{p} is a multimodal dataset (it has sequence modes); merge handles text datasets")
@@ -81,24 +83,39 @@ def merge(inputs: list[str], output_prefix: str, overwrite: bool = False) -> dic
         )
     out = Path(output_prefix)
     out.parent.mkdir(parents=True, exist_ok=True)
-    finals = [indexed.bin_path(output_prefix), indexed.idx_path(output_prefix)]
-    existing = [p for p in finals if p.exists()]
-    if existing and not overwrite:
-        raise BinarizeError(f"output {existing[0]} already exists; pass --overwrite to replace it")
-    in_paths = {os.path.realpath(indexed.bin_path(s.ds.prefix)) for s in sources}
-    if any(os.path.realpath(p) in in_paths for p in finals):
-        raise BinarizeError("the output prefix is one of the inputs; choose another output prefix")
-    tmp = out.parent / f".datasetprep-tmp-merge-{out.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    t0 = time.time()
-    try:
-        info = indexed.assemble(sources, os.fspath(tmp / "out"), sources[0].ds.dtype)
-        os.replace(tmp / "out.bin", finals[0])
-        os.replace(tmp / "out.idx", finals[1])
-        _fsync_dir(out.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with ownership.PrefixLock(out.parent, out.name, who=f"datasetprep merge --output-prefix {output_prefix}"):
+        recover(output_prefix)
+        remove_stale_work_dirs(output_prefix, None, kinds=(TMP_DIR_PREFIX,))  # of a merge that was cut
+        finals = [indexed.bin_path(output_prefix), indexed.idx_path(output_prefix)]
+        existing = [p for p in finals if p.exists()]
+        if existing and not overwrite:
+            raise BinarizeError(f"output {existing[0]} already exists; pass --overwrite to replace it")
+        _refuse_output_among_inputs(finals, sources)
+        tmp = new_tmp_dir(output_prefix)
+        t0 = time.time()
+        try:
+            info = indexed.assemble(sources, os.fspath(tmp / "out"), sources[0].ds.dtype)
+            publish(output_prefix, [Move(tmp / "out.bin", finals[0].name, DATA),
+                                    Move(tmp / "out.idx", finals[1].name, COMMIT)], None, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     info["inputs"] = [s.ds.prefix for s in sources]
     info["seconds"] = round(time.time() - t0, 3)
     info.pop("max_document_tokens", None)
     return info
+
+
+def _refuse_output_among_inputs(finals: list[Path], sources: list[indexed.DatasetSource]) -> None:
+    """The output may not be one of the inputs, by name, link or hard link: publishing would replace it."""
+    ids = set()
+    for s in sources:
+        for p in (indexed.bin_path(s.ds.prefix), indexed.idx_path(s.ds.prefix)):
+            st = os.stat(p)
+            ids.add((st.st_dev, st.st_ino))
+    for p in finals:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in ids:
+            raise BinarizeError("the output prefix is one of the inputs; choose another output prefix")

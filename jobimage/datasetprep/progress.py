@@ -1,10 +1,17 @@
-"""Progress reporting: a live bar on a terminal, plain periodic lines otherwise."""
+"""Progress displays: a live bar on a terminal, plain periodic lines otherwise, and the job pod's own
+report to the operator (:class:`LogProgress`). Each is a callable that takes a :class:`~datasetprep.stats.Stats`."""
 from __future__ import annotations
 
 import sys
 import time
+from typing import Protocol, TextIO
 
-from .pipeline import format_rate
+from .stats import Stats
+
+
+class Reporter(Protocol):
+    def __call__(self, stats: Stats) -> None: ...
+    def close(self) -> None: ...
 
 
 def _eta(sec: float | None) -> str:
@@ -16,11 +23,11 @@ def _eta(sec: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
-def describe(stats: dict) -> str:
-    r = format_rate(stats)
-    return (f"{r['percent']:5.1f}% | {stats['documents']:,} docs {r['docs_s']:,.0f}/s | "
-            f"{stats['tokens']:,} tokens {r['tokens_s']:,.0f}/s | {r['mib_s']:.2f} MiB/s | "
-            f"chunks {stats['chunks_done']}/{stats['chunks_total']} | ETA {_eta(r['eta'])}")
+def describe(stats: Stats) -> str:
+    r = stats.rates()
+    return (f"{r.percent:5.1f}% | {stats.documents:,} docs {r.docs_s:,.0f}/s | "
+            f"{stats.tokens:,} tokens {r.tokens_s:,.0f}/s | {r.mib_s:.2f} MiB/s | "
+            f"chunks {stats.chunks_done}/{stats.chunks_total} | ETA {_eta(r.eta)}")
 
 
 class PlainProgress:
@@ -30,12 +37,12 @@ class PlainProgress:
         self.stream = stream or sys.stderr
         self.interval = interval
         self.last = 0.0
+        self._key: tuple[int, int] | None = None
 
-    def __call__(self, stats: dict) -> None:
+    def __call__(self, stats: Stats) -> None:
         now = time.monotonic()
-        done = stats["chunks_done"] == stats["chunks_total"]
-        key = (stats["chunks_done"], stats["documents"])
-        if (now - self.last >= self.interval or done) and key != getattr(self, "_key", None):
+        key = (stats.chunks_done, stats.documents)
+        if (now - self.last >= self.interval or stats.finished) and key != self._key:
             self.last, self._key = now, key
             print(f"progress: {describe(stats)}", file=self.stream, flush=True)
 
@@ -56,84 +63,45 @@ class RichProgress:
         self.task = self.p.add_task(description, total=1, info="")
         self.p.start()
 
-    def __call__(self, stats: dict) -> None:
-        r = format_rate(stats)
-        info = (f"{stats['documents']:,} docs {r['docs_s']:,.0f}/s · {r['tokens_s']:,.0f} tok/s · "
-                f"{r['mib_s']:.1f} MiB/s")
-        self.p.update(self.task, total=max(stats["bytes_total"], 1), completed=stats["bytes_done"], info=info)
+    def __call__(self, stats: Stats) -> None:
+        r = stats.rates()
+        info = f"{stats.documents:,} docs {r.docs_s:,.0f}/s · {r.tokens_s:,.0f} tok/s · {r.mib_s:.1f} MiB/s"
+        self.p.update(self.task, total=max(stats.bytes_total, 1), completed=stats.bytes_done, info=info)
 
     def close(self) -> None:
         self.p.stop()
 
 
-def make(enabled: bool = True, stream=None):
+def make(enabled: bool = True, stream=None) -> Reporter | None:
     if not enabled:
         return None
     stream = stream or sys.stderr
     if stream.isatty():
-        try:
-            return RichProgress()
-        except Exception:  # pragma: no cover - rich missing or broken terminal
-            pass
+        return RichProgress()
     return PlainProgress(stream)
 
 
-class PodProgress:
-    """Publishes progress on the job's own Pod as the annotation ``datasetprep.io/progress``
-    (JSON), at most every ``interval`` seconds; the operator aggregates the pods of a run into
-    ``status.progress``.  Needs only ``pods: get, patch`` in the namespace.  Failures to report are
-    logged once and never fail the job."""
+class LogProgress:
+    """The job pod's report to the operator: its :class:`~datasetprep.contract.ProgressRecord` as one
+    ``datasetprep-progress {json}`` line (:meth:`~datasetprep.contract.ProgressRecord.to_log_line`) on
+    ``stream`` at most every ``interval`` seconds, and once at the end.
 
-    ANNOTATION = "datasetprep.io/progress"
+    Job pods have no API credentials: the operator reads these lines from the tail of the pod's log
+    (the kubelet's log API) and folds the newest one of each pod into ``status.progress``.
+    """
 
-    def __init__(self, inner, api, name: str, namespace: str, shard: int | None, interval: float = 5.0):
-        self.inner, self.api, self.name, self.namespace = inner, api, name, namespace
-        self.shard, self.interval = shard, interval
-        self.last = 0.0
-        self.warned = False
+    def __init__(self, inner: Reporter | None, stream: TextIO, shard: int | None, interval: float = 5.0):
+        self.inner, self.stream, self.shard, self.interval = inner, stream, shard, interval
+        self.last: float | None = None
 
-    @classmethod
-    def from_env(cls, inner, shard: int | None = None):
-        import os
-
-        name, ns = os.environ.get("DATASETPREP_POD_NAME"), os.environ.get("DATASETPREP_POD_NAMESPACE")
-        if not name or not ns:
-            return inner
-        try:
-            from kubernetes import client, config
-
-            kubeconfig = os.environ.get("DATASETPREP_KUBECONFIG")
-            if kubeconfig:
-                api_client = config.new_client_from_config(config_file=kubeconfig)
-            else:
-                config.load_incluster_config()
-                api_client = client.ApiClient()
-            return cls(inner, client.CoreV1Api(api_client), name, ns, shard)
-        except Exception as e:  # no API access: progress stays in the log only
-            print(f"progress: not reporting to the API ({type(e).__name__}: {e})", file=sys.stderr)
-            return inner
-
-    def __call__(self, stats: dict) -> None:
+    def __call__(self, stats: Stats) -> None:
         if self.inner:
             self.inner(stats)
         now = time.monotonic()
-        final = stats["chunks_done"] == stats["chunks_total"]
-        if now - self.last < self.interval and not final:
+        if self.last is not None and now - self.last < self.interval and not stats.finished:
             return
         self.last = now
-        r = format_rate(stats)
-        doc = {"bytesDone": stats["bytes_done"], "bytesTotal": stats["bytes_total"], "documents": stats["documents"],
-               "tokens": stats["tokens"], "tokensPerSecond": int(r["tokens_s"]), "chunksDone": stats["chunks_done"],
-               "chunksTotal": stats["chunks_total"], "shard": self.shard, "time": time.time()}
-        import json
-
-        body = {"metadata": {"annotations": {self.ANNOTATION: json.dumps(doc, separators=(",", ":"))}}}
-        try:
-            self.api.patch_namespaced_pod(self.name, self.namespace, body)
-        except Exception as e:
-            if not self.warned:
-                self.warned = True
-                print(f"progress: cannot annotate pod {self.namespace}/{self.name}: {e}", file=sys.stderr)
+        print(stats.record(self.shard).to_log_line(), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.inner:

@@ -5,18 +5,28 @@ boundaries, whole compressed JSONL files, row-group ranges of Parquet files, who
 ``save_to_disk`` folder.  Chunks are processed independently (by any worker, in any order) and their
 outputs concatenated in plan order, so the result never depends on how many workers ran.
 
-Each reader yields batches of ``(line_or_row_number, record)`` where record maps the text keys to
-their values; problems raise :class:`InputError` naming file, line/row and field.
+Each reader yields batches of ``(records, input_bytes_done)`` where a record holds the values of
+the text keys; problems raise :class:`InputError` naming file, line/row and field.  Compressed
+inputs are checked by every integrity check their format carries (``compressed``), lines are cut
+in linear time (``lines``), Parquet and Arrow are read in ``columnar``; a document above the
+chunk's ``max_document_bytes`` is refused as soon as that much of it was read.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
-import gzip
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
+
+from .compressed import CorruptStream, Decompressed
+from .errors import InputError
+from .limits import DEFAULT_MAX_DOCUMENT_BYTES
+from .lines import TooLong, line_blocks, range_blocks, split_lines
+from .naming import HIDDEN_PREFIX, MANIFEST_SUFFIX
 
 try:
     import orjson
@@ -28,10 +38,7 @@ except ImportError:  # pragma: no cover - orjson is a dependency
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSED = (".gz", ".zst")
 BATCH_BYTES = 1 << 20
-
-
-class InputError(ValueError):
-    """Bad input data; the message names the file, line or row, and field."""
+MAX_DOCUMENT_FIX = "raise the maximum with --max-document-bytes (spec: maxDocumentBytes) if the document is real"
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class Chunk:
     size: int  # input bytes this chunk accounts for (progress)
     stride: int = 1  # keep only lines whose chunk-local index i satisfies i % stride == phase
     phase: int = 0
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES  # a larger document is refused (not in describe())
 
     def describe(self) -> str:
         return f"{self.kind}:{self.path}:{self.start}-{self.end}"
@@ -69,13 +77,19 @@ def _suffix_kind(p: Path) -> str | None:
 def expand_inputs(patterns: list[str], root: str | os.PathLike | None = None) -> list[Path]:
     """Expand paths/globs (relative to root) into a sorted, de-duplicated list of data files.
 
+    A path that exists is taken literally, even when its name holds glob characters (``a[1].jsonl``);
+    only a path that does not exist is expanded as a glob (write ``[[]`` for a literal ``[`` there).
     A folder written by ``datasets.save_to_disk`` expands to its Arrow files in their recorded
-    order.  Nothing matched is an error, as is an unsupported file type.
+    order.  Nothing matched is an error, as is an unsupported file type.  What datasetprep itself
+    wrote (manifests, work folders, the Hub cache) is never picked up by a glob or a folder.
     """
     out: list[Path] = []
     for pat in patterns:
         full = os.path.join(os.fspath(root), pat) if root is not None else pat
-        matches = sorted(glob.glob(full, recursive=True)) if glob.has_magic(full) else [full]
+        if os.path.exists(full) or not glob.has_magic(full):
+            matches = [full]
+        else:
+            matches = [m for m in sorted(glob.glob(full, recursive=True)) if not is_ours(Path(m))]
         matches = [m for m in matches if os.path.exists(m)]
         if not matches:
             raise InputError(f"input {pat!r} matches no file" + (f" under {root}" if root else "")
@@ -105,22 +119,66 @@ def expand_inputs(patterns: list[str], root: str | os.PathLike | None = None) ->
 def expand_dir(d: Path) -> list[Path]:
     state = d / "state.json"
     if state.is_file():
-        files = json.loads(state.read_text())["_data_files"]
-        return [d / f["filename"] for f in files]
+        return _saved_files(d, state)
     if (d / "dataset_dict.json").is_file():
-        splits = json.loads((d / "dataset_dict.json").read_text()).get("splits", [])
+        try:
+            splits = json.loads((d / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+        except (OSError, ValueError, AttributeError):
+            splits = []
         raise InputError(
             f"{d} is a DatasetDict with splits {splits}: point the input at one split folder, e.g. {d / splits[0]}"
-            if splits else f"{d} is an empty DatasetDict"
+            if splits and isinstance(splits, list) else f"{d} is a DatasetDict: point the input at one split folder"
         )
-    files = sorted(p for p in d.rglob("*") if p.is_file() and _suffix_kind(p) is not None)
+    files = sorted(p for p in d.rglob("*")
+                   if p.is_file() and _suffix_kind(p) is not None and not is_ours(p.relative_to(d), d))
     if not files:
         raise InputError(f"folder {d} holds no .jsonl/.parquet/.arrow files")
     return files
 
 
-def plan_chunks(files: list[Path], target_bytes: int = 32 << 20) -> list[Chunk]:
-    """Cut the inputs into chunks of about ``target_bytes`` (never splitting a line or row group)."""
+def is_ours(path: Path, base: Path | None = None) -> bool:
+    """Whether datasetprep wrote ``path`` (relative to ``base``, if given) beside its outputs: a name
+    under a ``.datasetprep*`` folder or file (work, temporary, journal, Hub cache) or one of our
+    manifests (``*.manifest.json`` of kind ``datasetprep.io/manifest``)."""
+    if any(part.startswith(HIDDEN_PREFIX) for part in path.parts):
+        return True
+    if not path.name.endswith(MANIFEST_SUFFIX):
+        return False
+    try:
+        with open(base / path if base is not None else path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    return b'"kind": "datasetprep.io/manifest"' in head
+
+
+def _saved_files(d: Path, state: Path) -> list[Path]:
+    """The Arrow files a ``save_to_disk`` folder lists in its ``state.json``, checked."""
+    fix = "save the dataset again with datasets' save_to_disk, or point the input at its .arrow files"
+    try:
+        doc = json.loads(state.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InputError(f"cannot read {state}: {e.strerror}") from None
+    except ValueError as e:
+        raise InputError(f"{state} is not valid JSON ({e}): {fix}") from None
+    files = doc.get("_data_files") if isinstance(doc, dict) else None
+    if not isinstance(files, list) or not files:
+        raise InputError(f"{state} has no list of data files (\"_data_files\"): {fix}")
+    out = []
+    for entry in files:
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise InputError(f"{state}: data file entry {entry!r} is not a file name in the folder: {fix}")
+        if not (d / name).is_file():
+            raise InputError(f"{state} lists {name}, which is missing from {d}: {fix}")
+        out.append(d / name)
+    return out
+
+
+def plan_chunks(files: list[Path], target_bytes: int = 32 << 20,
+                max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> list[Chunk]:
+    """Cut the inputs into chunks of about ``target_bytes`` (never splitting a line or row group).
+    Reading a chunk refuses a document larger than ``max_document_bytes``."""
     chunks: list[Chunk] = []
     for p in files:
         kind = _suffix_kind(p)
@@ -134,13 +192,25 @@ def plan_chunks(files: list[Path], target_bytes: int = 32 << 20) -> list[Chunk]:
             chunks.extend(_parquet_ranges(p, size, target_bytes))
         else:
             chunks.append(Chunk("arrow", os.fspath(p), 0, size, size))
+    if max_document_bytes != DEFAULT_MAX_DOCUMENT_BYTES:
+        chunks = [dataclasses.replace(c, max_document_bytes=max_document_bytes) for c in chunks]
     return chunks
 
 
-def plan_round_robin(files: list[Path], partitions: int, target_bytes: int = 32 << 20) -> list[Chunk]:
+MAX_PARTITIONS = 1024
+
+
+def plan_round_robin(files: list[Path], partitions: int, target_bytes: int = 32 << 20,
+                     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> list[Chunk]:
     """Megatron-LM's ``--partitions K`` order: line i of the inputs goes to partition i mod K, and the
-    partitions are concatenated (lines 0, K, 2K, ... then 1, K+1, ...).  Plain JSONL only."""
-    base = plan_chunks(files, target_bytes)
+    partitions are concatenated (lines 0, K, 2K, ... then 1, K+1, ...).  Plain JSONL only.
+
+    Every partition reads every chunk once, so K is bounded (:data:`MAX_PARTITIONS`)."""
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise InputError(f"--partitions {partitions} is outside 1..{MAX_PARTITIONS}: Megatron-LM's round-robin "
+                         "order needs one pass over the input per partition; use a small count (e.g. the number "
+                         "of workers) or --keep-sequential-samples")
+    base = plan_chunks(files, target_bytes, max_document_bytes)
     for c in base:
         if c.kind != "jsonl":
             raise InputError(f"--partitions with round-robin order needs plain JSONL inputs; {c.path} is not")
@@ -151,16 +221,36 @@ def plan_round_robin(files: list[Path], partitions: int, target_bytes: int = 32 
     out = []
     for p in range(partitions):
         for c, first in zip(base, firsts):
-            out.append(Chunk(c.kind, c.path, c.start, c.end, c.size // partitions + (c.size % partitions if p == 0 else 0),
-                             partitions, (p - first) % partitions))
+            out.append(dataclasses.replace(c, size=c.size // partitions + (c.size % partitions if p == 0 else 0),
+                                           stride=partitions, phase=(p - first) % partitions))
     return out
 
 
 def _count_lines(c: Chunk) -> int:
-    with open(c.path, "rb") as f:
-        f.seek(c.start)
-        data = f.read(c.end - c.start)
-    return len(_split_lines(data))
+    """Lines of a plain JSONL chunk, as :func:`~datasetprep.lines.split_lines` counts them (read in blocks)."""
+    n = 0
+    try:
+        for block in line_blocks(range_blocks(c.path, c.start, c.end, BATCH_BYTES), c.max_document_bytes):
+            n += len(split_lines(block))
+    except TooLong:
+        where = f"{c.path}:{_line_number(c.path, c.start, n)}"
+        raise InputError(too_long(where, 0, c.max_document_bytes)) from None
+    return n
+
+
+def _next_line_start(f, pos: int, size: int) -> int:
+    """The offset just after the first ``\\n`` at or after ``pos`` (or ``size``), scanning in blocks so
+    that a long line is never held in memory."""
+    f.seek(pos)
+    while pos < size:
+        buf = f.read(BATCH_BYTES)
+        if not buf:
+            break
+        i = buf.find(b"\n")
+        if i >= 0:
+            return pos + i + 1
+        pos += len(buf)
+    return size
 
 
 def _jsonl_ranges(p: Path, size: int, target: int) -> list[Chunk]:
@@ -168,12 +258,7 @@ def _jsonl_ranges(p: Path, size: int, target: int) -> list[Chunk]:
     with open(p, "rb") as f:
         while start < size:
             end = start + target
-            if end >= size:
-                end = size
-            else:
-                f.seek(end)
-                rest = f.readline()
-                end = min(size, end + len(rest))
+            end = size if end >= size else _next_line_start(f, end, size)
             out.append(Chunk("jsonl", os.fspath(p), start, end, end - start))
             start = end
     if size == 0:
@@ -182,12 +267,9 @@ def _jsonl_ranges(p: Path, size: int, target: int) -> list[Chunk]:
 
 
 def _parquet_ranges(p: Path, size: int, target: int) -> list[Chunk]:
-    import pyarrow.parquet as pq
+    from .columnar import open_parquet
 
-    try:
-        md = pq.ParquetFile(p).metadata
-    except Exception as e:
-        raise InputError(f"{p} is not a readable Parquet file ({e})") from None
+    md = open_parquet(os.fspath(p)).metadata
     out, start, acc = [], 0, 0
     n = md.num_row_groups
     for i in range(n):
@@ -239,15 +321,7 @@ def record_location(chunk: Chunk, k: int) -> str:
     return f"{chunk.path} row {k}"
 
 
-def _split_lines(data: bytes) -> list[bytes]:
-    """Lines as Python's universal-newline text mode reads them (\\n, \\r\\n and a bare \\r end a
-    line; U+2028/U+2029/U+0085 do not)."""
-    if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return lines
+MAX_JSON_DEPTH = 1000  # json.loads stops at Python's recursion limit (orjson at 1024)
 
 
 def parse_json_line(line: bytes, where: str) -> dict:
@@ -274,6 +348,9 @@ def parse_json_line(line: bytes, where: str) -> dict:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise InputError(f"{where}: the JSON is nested too deeply (more than about {MAX_JSON_DEPTH} levels of "
+                         "arrays/objects); flatten the record, or drop the deep field before binarizing") from None
     if not isinstance(obj, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -302,23 +379,118 @@ def pick(obj: dict, keys: tuple[str, ...], where: str):
     return out
 
 
-def read_chunk(chunk: Chunk, keys: tuple[str, ...]) -> Iterator[tuple[list, int]]:
-    """Yield ``(records, bytes_done)`` batches; each record is the list of values of ``keys``."""
+def read_chunk(chunk: Chunk, keys: tuple[str, ...], digest: Any = None, lines: bool = False
+               ) -> Iterator[tuple[list | LineBatch, int]]:
+    """Yield ``(records, bytes_done)`` batches; each record is the list of values of ``keys``.
+
+    ``digest`` (a hashlib object), once every batch was read, has been fed the input bytes the
+    chunk covers (:func:`input_spans`): JSON Lines as they are read, Parquet and Arrow (read by
+    random access inside pyarrow) by reading their spans once more at the end, from the page cache.
+    ``lines``: plain JSONL chunks yield each batch as a :class:`LineBatch` instead (not parsed
+    yet; see :func:`records_of`).
+    """
     if chunk.kind == "jsonl":
-        yield from _read_jsonl_range(chunk, keys)
+        yield from _read_jsonl_range(chunk, keys, lines, digest)
     elif chunk.kind == "jsonl-stream":
-        yield from _read_jsonl_stream(chunk, keys)
+        yield from _read_jsonl_stream(chunk, keys, digest)
     elif chunk.kind == "parquet":
-        yield from _read_parquet(chunk, keys)
+        from .columnar import read_parquet
+
+        yield from read_parquet(chunk, keys)
     elif chunk.kind == "arrow":
-        yield from _read_arrow(chunk, keys)
+        from .columnar import read_arrow
+
+        yield from read_arrow(chunk, keys)
     else:  # pragma: no cover
         raise ValueError(chunk.kind)
+    if digest is not None and chunk.kind in ("parquet", "arrow"):
+        _hash_spans(chunk.path, input_spans(chunk, keys), digest)
 
 
-def _records_from_lines(lines: list[bytes], keys, where_fn) -> list:
+def input_spans(chunk: Chunk, keys: tuple[str, ...]) -> list[tuple[int, int]]:
+    """The byte ranges of its file a chunk's records come from: its line range (plain JSON Lines),
+    the whole file (compressed JSON Lines, Arrow), or the column chunks of its row groups for the
+    text keys (Parquet; the footer is covered by the file's identity)."""
+    if chunk.kind == "jsonl":
+        return [(chunk.start, chunk.end)]
+    if chunk.kind != "parquet":
+        return [(0, chunk.end)]
+    from .columnar import open_parquet
+
+    md = open_parquet(chunk.path).metadata
+    spans = []
+    for g in range(chunk.start, chunk.end):
+        rg = md.row_group(g)
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            if col.path_in_schema.split(".")[0] not in keys:
+                continue
+            start = col.data_page_offset
+            if col.has_dictionary_page and col.dictionary_page_offset:
+                start = min(start, col.dictionary_page_offset)
+            spans.append((start, start + col.total_compressed_size))
+    return spans
+
+
+def _hash_spans(path: str, spans: list[tuple[int, int]], digest: Any) -> None:
+    for start, end in spans:
+        for block in range_blocks(path, start, end, 1 << 20):
+            digest.update(block)
+
+
+def hash_input(chunk: Chunk, keys: tuple[str, ...]) -> str:
+    """sha256 of the input bytes ``chunk`` covers now (what its record says they were)."""
+    digest = hashlib.sha256()
+    _hash_spans(chunk.path, input_spans(chunk, keys), digest)
+    return digest.hexdigest()
+
+
+def _hashed(blocks: Iterator[bytes], digest: Any) -> Iterator[bytes]:
+    for block in blocks:
+        digest.update(block)
+        yield block
+
+
+class _HashedFile:
+    """A file object that feeds what is read from it to a digest."""
+
+    def __init__(self, f: Any, digest: Any) -> None:
+        self.f, self.digest = f, digest
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.digest.update(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+
+@dataclass(frozen=True)
+class LineBatch:
+    """A batch of whole JSONL lines, parsed into records only when asked (``records()``): an
+    engine that reads JSONL itself takes ``data`` as it is and returns None when it cannot read
+    a line exactly as ``records()`` would (then ``records()`` reads it, or names the error)."""
+
+    data: bytes | bytearray
+    keys: tuple[str, ...]
+    where: Callable[[int], str]
+    limit: int | None
+
+    def records(self) -> list:
+        return _records_from_lines(split_lines(self.data), self.keys, self.where, self.limit)
+
+
+def records_of(batch) -> list:
+    """The records of a batch yielded by :func:`read_chunk` (a list, or a :class:`LineBatch`)."""
+    return batch.records() if isinstance(batch, LineBatch) else batch
+
+
+def _records_from_lines(lines: list[bytes], keys, where_fn, limit: int | None = None) -> list:
     out = []
     for k, line in enumerate(lines):
+        if limit is not None and len(line) > limit and len(line.rstrip(b"\n")) > limit:
+            raise InputError(too_long(where_fn(k), len(line.rstrip(b"\n")), limit, exact=True))
         obj = None
         if _fast_loads is not None:
             try:
@@ -339,174 +511,109 @@ def _records_from_lines(lines: list[bytes], keys, where_fn) -> list:
 _MISSING = object()
 
 
-def _read_jsonl_range(chunk: Chunk, keys) -> Iterator[tuple[list, int]]:
-    with open(chunk.path, "rb") as f:
-        f.seek(chunk.start)
-        pos = chunk.start
-        line_base = 0  # lines already consumed in this chunk
-        carry = b""
-        while pos < chunk.end:
-            want = min(BATCH_BYTES, chunk.end - pos)
-            data = f.read(want)
-            if not data:
-                break
-            pos += len(data)
-            data = carry + data
-            if pos < chunk.end:
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    carry = data
-                    continue
-                carry = data[cut + 1:]
-                data = data[: cut + 1]
-            else:
-                carry = b""
-            lines = _split_lines(data)
-            base = line_base
-            first, step = 0, 1
-            if chunk.stride > 1:
-                first, step = (chunk.phase - base) % chunk.stride, chunk.stride
-                lines = lines[first::step]
-            recs = _records_from_lines(
-                lines, keys,
-                lambda k, base=base, first=first, step=step:
-                    f"{chunk.path}:{_line_number(chunk.path, chunk.start, base + first + k * step)}",
-            )
-            line_base += len(_split_lines(data)) if chunk.stride > 1 else len(lines)
-            yield recs, len(data)
+def too_long(where: str, nbytes: int, limit: int, exact: bool = False) -> str:
+    """The message for a document above the maximum size (``exact``: its size is known; else
+    reading stopped once it passed the maximum)."""
+    size = f"is {nbytes:,} bytes, larger than" if exact else "is larger than"
+    stopped = "" if exact else " (reading stopped there)"
+    return (f"{where}: the document {size} the maximum document size of {limit:,} bytes{_human(limit)}{stopped}; "
+            f"{MAX_DOCUMENT_FIX}")
 
 
-def _open_compressed(path: str):
-    if path.lower().endswith(".gz"):
-        return gzip.open(path, "rb")
-    import zstandard
+def _human(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f" ({n / (1 << shift):.4g} {unit})"
+    return ""
 
-    return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+
+def _lines_in(data: bytes | bytearray) -> int:
+    """``len(split_lines(data))`` without splitting."""
+    n = data.count(b"\n")
+    if b"\r" in data:
+        n += data.count(b"\r") - data.count(b"\r\n")
+    return n + (1 if data and data[-1:] not in (b"\n", b"\r") else 0)
 
 
-def _read_jsonl_stream(chunk: Chunk, keys) -> Iterator[tuple[list, int]]:
+def _read_jsonl_range(chunk: Chunk, keys, as_lines: bool = False, digest: Any = None
+                      ) -> Iterator[tuple[list | LineBatch, int]]:
+    limit = chunk.max_document_bytes
+    line_base = 0  # lines already consumed in this chunk
+    raw = range_blocks(chunk.path, chunk.start, chunk.end, BATCH_BYTES)
+    blocks = line_blocks(_hashed(raw, digest) if digest is not None else raw, limit)
+    while True:
+        try:
+            data = next(blocks)
+        except StopIteration:
+            return
+        except TooLong:
+            where = f"{chunk.path}:{_line_number(chunk.path, chunk.start, line_base)}"
+            raise InputError(too_long(where, 0, limit)) from None
+        nbytes = len(data)
+        base = line_base
+        if as_lines and chunk.stride == 1:
+            line_base += _lines_in(data)
+            yield LineBatch(data, tuple(keys), lambda k, base=base: f"{chunk.path}:"
+                            f"{_line_number(chunk.path, chunk.start, base + k)}", limit), nbytes
+            continue
+        lines = split_lines(data)
+        del data  # a long line is held once, as its line
+        n_lines = len(lines)
+        first, step = 0, 1
+        if chunk.stride > 1:
+            first, step = (chunk.phase - base) % chunk.stride, chunk.stride
+            lines = lines[first::step]
+        recs = _records_from_lines(
+            lines, keys,
+            lambda k, base=base, first=first, step=step:
+                f"{chunk.path}:{_line_number(chunk.path, chunk.start, base + first + k * step)}",
+            limit,
+        )
+        line_base += n_lines
+        yield recs, nbytes
+
+
+def _stream_blocks(src: Decompressed, path: str) -> Iterator[bytes]:
+    while True:
+        try:
+            data = src.read(BATCH_BYTES)
+        except CorruptStream as e:
+            raise InputError(f"{path}: the compressed data is {e}; the file is damaged or incomplete: "
+                             "download or copy it again") from None
+        if not data:
+            return
+        yield data
+
+
+def _read_jsonl_stream(chunk: Chunk, keys, digest: Any = None) -> Iterator[tuple[list, int]]:
+    limit = chunk.max_document_bytes
     try:
-        raw = _open_compressed(chunk.path)
-    except Exception as e:
-        raise InputError(f"cannot open {chunk.path}: {e}") from None
+        f = open(chunk.path, "rb")
+        src = Decompressed(_HashedFile(f, digest) if digest is not None else f, chunk.path)
+    except OSError as e:
+        raise InputError(f"cannot open {chunk.path}: {e.strerror or e}") from None
     lineno = 0
-    carry = b""
-    size = max(chunk.size, 1)
     consumed = 0
-    with raw:
-        fobj = raw
+    with src:
+        blocks = line_blocks(_stream_blocks(src, chunk.path), limit)
         while True:
             try:
-                data = fobj.read(BATCH_BYTES)
-            except (OSError, EOFError, Exception) as e:  # corrupt gzip / zstd
-                raise InputError(f"{chunk.path}: cannot decompress ({e})") from None
-            if not data:
+                data = next(blocks)
+            except StopIteration:
                 break
-            data = carry + data
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                carry = data
-                continue
-            carry = data[cut + 1:]
-            data = data[: cut + 1]
-            lines = _split_lines(data)
+            except TooLong:
+                raise InputError(too_long(f"{chunk.path}:{lineno + 1} (decompressed)", 0, limit)) from None
+            lines = split_lines(data)
+            del data
             base = lineno
-            recs = _records_from_lines(lines, keys, lambda k, base=base: f"{chunk.path}:{base + k + 1} (decompressed)")
+            recs = _records_from_lines(lines, keys, lambda k, base=base: f"{chunk.path}:{base + k + 1} (decompressed)",
+                                       limit)
             lineno += len(lines)
-            done = _compressed_pos(raw, size)
+            done = min(src.compressed_pos, chunk.size)
             yield recs, max(0, done - consumed)
             consumed = max(consumed, done)
-        if carry:
-            lines = _split_lines(carry)
-            base = lineno
-            recs = _records_from_lines(lines, keys, lambda k, base=base: f"{chunk.path}:{base + k + 1} (decompressed)")
-            yield recs, 0
     if consumed < chunk.size:
         yield [], chunk.size - consumed
-
-
-def _compressed_pos(raw, size: int) -> int:
-    try:
-        fo = getattr(raw, "fileobj", None)
-        if fo is not None:
-            return min(fo.tell(), size)
-        return min(raw.tell(), size)  # zstd reader: decompressed position; approximate
-    except Exception:
-        return 0
-
-
-def _arrow_rows(table_batches, keys, where_prefix: str, row0: int):
-    row = row0
-    for batch in table_batches:
-        names = batch.schema.names
-        cols = []
-        for k in keys:
-            if k not in names:
-                raise InputError(
-                    f"{where_prefix}: has no column {k!r} (its columns: {', '.join(names[:10])}); "
-                    "choose the text field with --json-keys / source.textKeys"
-                )
-            cols.append(batch.column(names.index(k)).to_pylist())
-        recs = []
-        for i, vals in enumerate(zip(*cols)):
-            for k, v in zip(keys, vals):
-                if not isinstance(v, (str, list)) or (isinstance(v, list) and not all(isinstance(x, str) for x in v)):
-                    raise InputError(
-                        f"{where_prefix} row {row + i}: field {k!r} is "
-                        f"{'null' if v is None else type(v).__name__}, expected a string"
-                    )
-            recs.append(tuple(vals))
-        row += batch.num_rows
-        yield recs, batch.nbytes
-
-
-def _read_parquet(chunk: Chunk, keys) -> Iterator[tuple[list, int]]:
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(chunk.path)
-    groups = list(range(chunk.start, chunk.end))
-    if not groups:
-        yield [], chunk.size
-        return
-    row0 = sum(pf.metadata.row_group(i).num_rows for i in range(chunk.start))
-    names = pf.schema_arrow.names
-    missing = [k for k in keys if k not in names]
-    if missing:
-        raise InputError(
-            f"{chunk.path}: has no column {missing[0]!r} (its columns: {', '.join(names[:10])}); "
-            "choose the text field with --json-keys / source.textKeys"
-        )
-    total = sum(pf.metadata.row_group(i).total_byte_size for i in groups) or 1
-    done = 0
-    for recs, nb in _arrow_rows(pf.iter_batches(row_groups=groups, columns=list(keys), batch_size=2048),
-                                keys, chunk.path, row0):
-        share = min(chunk.size - done, int(chunk.size * nb / total))
-        done += share
-        yield recs, share
-    if done < chunk.size:
-        yield [], chunk.size - done
-
-
-def _read_arrow(chunk: Chunk, keys) -> Iterator[tuple[list, int]]:
-    import pyarrow as pa
-
-    try:
-        src = pa.memory_map(chunk.path, "r")
-        try:
-            reader = pa.ipc.open_stream(src)
-        except pa.ArrowInvalid:
-            src = pa.memory_map(chunk.path, "r")
-            reader = pa.ipc.open_file(src)
-            reader = iter([reader.get_batch(i) for i in range(reader.num_record_batches)])
-    except Exception as e:
-        raise InputError(f"{chunk.path} is not a readable Arrow file ({e})") from None
-    done = 0
-    for recs, nb in _arrow_rows(reader, keys, chunk.path, 0):
-        share = min(chunk.size - done, nb)
-        done += share
-        yield recs, share
-    if done < chunk.size:
-        yield [], chunk.size - done
 
 
 def file_bytes(chunks: list[Chunk]) -> int:

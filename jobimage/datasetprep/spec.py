@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic.alias_generators import to_camel
+
+from .limits import DEFAULT_MAX_DOCUMENT_BYTES, MAX_MAX_DOCUMENT_BYTES, MIN_MAX_DOCUMENT_BYTES
 
 GROUP = "datasetprep.io"
 VERSION = "v1alpha1"
@@ -117,7 +120,8 @@ class FilesSource(_Model):
     paths: list[str] = Field(
         description="Paths or glob patterns relative to the volume root. Supported: JSON Lines "
         "(`.jsonl`, `.json`, optionally `.gz` or `.zst`), Parquet (`.parquet`), and folders "
-        "written by `datasets.Dataset.save_to_disk`. Matches are read in sorted order.",
+        "written by `datasets.Dataset.save_to_disk`. Matches are read in sorted order. A path that exists "
+        "is taken literally, even with `[`, `*` or `?` in its name; write `[[]` for a literal `[` in a glob.",
         min_length=1,
         max_length=1000,
     )
@@ -268,7 +272,15 @@ class OutputSpec(_Model):
     @field_validator("prefix")
     @classmethod
     def _relative(cls, prefix: str) -> str:
-        return check_relative_path(prefix, "output.prefix")
+        check_relative_path(prefix, "output.prefix")
+        if prefix.endswith(("/", "/.")):
+            raise ValueError(f"output.prefix names a folder ({prefix!r}): give a file prefix in it, e.g. "
+                             f"{prefix.rstrip('/.') + '/dataset'!r}")
+        return prefix
+
+
+# CEL twin of OutputSpec._relative's folder check, used by the CRD generator.
+CEL_NOT_A_FOLDER = "!self.endsWith('/') && !self.endsWith('/.')"
 
 
 class SecretKeyRef(_Model):
@@ -289,11 +301,38 @@ class TrainingConfigSpec(_Model):
     )
 
 
-class ResourcesSpec(_Model):
-    """Compute resources of each job pod (Kubernetes quantities)."""
+#: A Kubernetes resource quantity (``resource.Quantity``'s syntax: ``500m``, ``2``, ``4Gi``, ``1e9``).
+QUANTITY = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+Quantity = Annotated[str, StringConstraints(pattern=QUANTITY, max_length=64)]
 
-    requests: dict[str, str] | None = Field(default=None, description="e.g. `{cpu: \"4\", memory: 4Gi}`.")
-    limits: dict[str, str] | None = Field(default=None, description="e.g. `{memory: 8Gi}`.")
+
+class ResourcesSpec(_Model):
+    """Compute resources of each job pod (Kubernetes quantities). Each value given here replaces the
+    operator's default for that resource (chart value ``jobResources``); the others keep it."""
+
+    requests: dict[str, Quantity] | None = Field(
+        default=None, description="e.g. `{cpu: \"4\", memory: 4Gi}`.", max_length=16)
+    limits: dict[str, Quantity] | None = Field(
+        default=None, description="e.g. `{memory: 8Gi, ephemeral-storage: 20Gi}`. A pod that goes over its memory "
+        "limit is killed (OOMKilled); one whose `/tmp` and logs go over `ephemeral-storage` is evicted.",
+        max_length=16)
+    tmp_size_limit: Quantity | None = Field(
+        default=None, description="Size limit of the job pod's `/tmp` (an emptyDir: the Hub client's downloads of "
+        "a streamed source, temporary files). Going over it gets the pod evicted. Default: the operator's "
+        "(chart value `jobTmpSizeLimit`).")
+
+
+class PodSecuritySpec(_Model):
+    """Who the job pods run as: always non-root. For a volume whose ownership `fsGroup` does not change
+    (NFS, hostPath): run as the owner of the output folder, or in its group if it is group-writable."""
+
+    run_as_user: int | None = Field(default=None, description="uid of the job pods. Default: 65532.",
+                                    ge=1, le=2147483647)
+    run_as_group: int | None = Field(default=None, description="Primary gid of the job pods, also their `fsGroup`. "
+                                     "Default: 65532.", ge=1, le=2147483647)
+    supplemental_groups: list[Annotated[int, Field(ge=1, le=2147483647)]] | None = Field(
+        default=None, description="Further groups of the job pods, e.g. the group of a group-writable NFS export.",
+        max_length=32)
 
 
 class DatasetPrepSpec(_Model):
@@ -326,11 +365,24 @@ class DatasetPrepSpec(_Model):
         "the training ConfigMap names the blend instead of one prefix. Same tokens, no final copy of the "
         "whole dataset; the sample order then comes from Megatron's blending, not from one file.",
     )
+    max_document_bytes: int = Field(
+        default=DEFAULT_MAX_DOCUMENT_BYTES,
+        description="The largest document read, in bytes: one JSON Lines line, or the text fields of one "
+        "Parquet/Arrow row. A larger one fails the run with its file and line, as soon as that much of it "
+        "was read (a corrupt file without line ends does not fill the memory). Raise it for genuinely huge "
+        "documents; the job pods need memory for a few times this size.",
+        ge=MIN_MAX_DOCUMENT_BYTES,
+        le=MAX_MAX_DOCUMENT_BYTES,
+    )
     resources: ResourcesSpec | None = Field(default=None, description="Resources of each job pod.")
+    security_context: PodSecuritySpec | None = Field(
+        default=None, description="The uid, gid and groups the job pods run as (non-root), for volumes whose "
+        "permissions `fsGroup` cannot change, e.g. NFS exports. See docs/security.md.")
     hf_token_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="Secret holding a HuggingFace token, for gated or private repositories. It "
-        "reaches the job only through `secretKeyRef`; it is never copied anywhere.",
+        "reaches the job pods only as a read-only file from a Secret volume (`HF_TOKEN_FILE`), never as an "
+        "environment variable; it is never copied anywhere.",
     )
     training_config: TrainingConfigSpec = Field(
         default_factory=TrainingConfigSpec, description="The ConfigMap for the training pods."
@@ -366,10 +418,33 @@ class DatasetPrepSpec(_Model):
         return self
 
 
-class Condition(_Model):
-    """A kstatus-compatible condition."""
+class _Status(_Model):
+    """Base of the status models: unknown fields are refused when the operator builds a status (a
+    misspelt field is an error in its tests, not pruned by the API server), and dropped when it
+    reads one back (:meth:`read`: the API server's copy also holds kopf's bookkeeping)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unknown_when_reading(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and (info.context or {}).get("read"):
+            known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+            data = {k: v for k, v in data.items() if k in known}
+        return data
+
+    @classmethod
+    def read(cls, data: Any) -> Any:
+        """The model of a status as stored (camelCase), unknown fields dropped at every level."""
+        return cls.model_validate(data or {}, context={"read": True})
+
+    def to_patch(self) -> dict[str, Any]:
+        """camelCase, only the fields that were set: one set to None is None (a merge patch deletes it)."""
+        return self.model_dump(by_alias=True, exclude_unset=True, mode="json")
+
+
+class Condition(_Status):
+    """A kstatus-compatible condition."""
 
     type: str = Field(description="`Ready`, `Reconciling` or `Stalled`.")
     status: Literal["True", "False", "Unknown"] = Field(description="`True`, `False` or `Unknown`.")
@@ -379,21 +454,38 @@ class Condition(_Model):
     last_transition_time: str | None = Field(default=None, description="When the status last changed.")
 
 
-class OutputTokenizerStatus(_Model):
+class OutputTokenizerStatus(_Status):
     """The tokenizer the published dataset was made with, as the job reported it."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     type: str | None = Field(default=None, description="Tokenizer type (`sentencepiece`, `huggingface`, ...).")
     path: str | None = Field(default=None, description="The tokenizer file as the training pods see it.")
     vocab_size: int | None = Field(default=None, description="Vocabulary size.")
     eod_id: int | None = Field(default=None, description="End-of-document token id.")
+    fingerprint: str | None = Field(default=None, description="Fingerprint of the tokenizer (its files' content, "
+                                    "type, vocabulary, EOD and special-token setting): datasets with equal "
+                                    "fingerprints were tokenized alike, which a DatasetBlend checks.")
 
 
-class OutputStatus(_Model):
+class OutputFileStatus(_Status):
+    """One text key's dataset, as the job reported it."""
+
+    key: str = Field(description="The text key.")
+    prefix: str | None = Field(default=None, description="Dataset path prefix as the training pods see it.")
+    documents: int | None = Field(default=None, description="Documents.")
+    sequences: int | None = Field(default=None, description="Sequences.")
+    tokens: int | None = Field(default=None, description="Tokens, EOD included.")
+    dtype: str | None = Field(default=None, description="Token dtype.")
+    bin_sha256: str | None = Field(default=None, description="sha256 of the `.bin` file.")
+    idx_sha256: str | None = Field(default=None, description="sha256 of the `.idx` file.")
+    blend_file: str | None = Field(default=None, description="Kept shards: the blend list, as the training pods "
+                                   "see it.")
+    shards: int | None = Field(default=None, description="Kept shards: how many.")
+    shard_tokens: list[int] | None = Field(default=None, description="Kept shards: each shard's tokens (the blend "
+                                           "weights), when the job could report them.")
+
+
+class OutputStatus(_Status):
     """Facts about the published dataset, copied from the job's manifest."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     layout: Literal["Merged", "Shards"] | None = Field(
         default=None, description="`Merged`: one dataset per text key. `Shards` (`spec.keepShards`): one dataset "
@@ -408,7 +500,7 @@ class OutputStatus(_Model):
     sequences: int | None = Field(default=None, description="Sequences.")
     tokens: int | None = Field(default=None, description="Tokens, EOD included.")
     dtype: str | None = Field(default=None, description="Token dtype (`uint16` or `int32`).")
-    files: list[dict[str, Any]] | None = Field(
+    files: list[OutputFileStatus] | None = Field(
         default=None, description="One entry per text key: prefix, counts and sha256 of `.bin` and `.idx`; with "
         "kept shards: blend file, shards and each shard's tokens (`shardTokens`, when the job could report them)."
     )
@@ -422,10 +514,8 @@ class OutputStatus(_Model):
     tokenizer: OutputTokenizerStatus | None = Field(default=None, description="The tokenizer it was made with.")
 
 
-class ProgressStatus(_Model):
+class ProgressStatus(_Status):
     """Live progress, aggregated over the job pods."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     percent: int | None = Field(default=None, description="Percent of input bytes done.")
     summary: str | None = Field(default=None, description="Short text for `kubectl get`, e.g. `42%`.")
@@ -439,10 +529,8 @@ class ProgressStatus(_Model):
     shards_total: int | None = Field(default=None, description="Shards in all.")
 
 
-class DatasetPrepStatus(_Model):
+class DatasetPrepStatus(_Status):
     """Observed state, written by the operator."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     phase: Literal["Pending", "Running", "Succeeded", "Failed"] | None = Field(
         default=None, description="`Pending`, `Running`, `Succeeded` or `Failed`."
@@ -462,6 +550,21 @@ class DatasetPrepStatus(_Model):
         "output claim, format version): DatasetPreps with equal keys produce identical data.",
     )
     progress: ProgressStatus | None = Field(default=None, description="Live progress.")
+    attempt: int | None = Field(
+        default=None,
+        description="Which attempt of the current Job is running: 1 for the first; every failed pod of the run "
+        "adds one (a sharded run counts the failed pods of all shards).",
+    )
+    last_failure: str | None = Field(
+        default=None,
+        description="Why the last failed attempt of the current run failed (the job's own error); the Job "
+        "retries while `spec.backoffLimit` allows and the error is not permanent.",
+    )
+    observed_retry: str | None = Field(
+        default=None,
+        description="The `datasetprep.io/retry` annotation value the current run was started for (a new "
+        "value starts a new run of the same spec).",
+    )
 
 
 def parse_spec(data: dict[str, Any]) -> DatasetPrepSpec:

@@ -1,7 +1,8 @@
 """Tokenizers behind one small interface, each reproducing what Megatron-LM's wrapper does.
 
 * ``sentencepiece``: ``encode_as_ids(text)`` unchanged, no BOS; vocab = ``get_piece_size()``;
-  EOD = ``eos_id()``.
+  EOD = ``eos_id()``.  BPE models go through the exact native engine when it is installed and
+  reproduces the model (``datasetprep_native.SentencePieceBPE``), else through ``sentencepiece``.
 * ``huggingface``: ``tokenizer(text).input_ids`` of the fast tokenizer, so post-processor special
   tokens (e.g. Llama's BOS) are added unless ``add_special_tokens`` is false; vocab =
   ``len(tokenizer)`` (added tokens included); EOD = the id of ``eos_token`` from the tokenizer
@@ -9,6 +10,11 @@
   supports the file (``datasetprep_native``), else through ``tokenizers``.
 * ``tiktoken``: a BPE rank file (``<base64 token> <rank>`` lines) such as Llama 3's
   ``tokenizer.model``; with 128000 ranks it gets Llama 3's 256 special tokens and pattern.
+  Encoded by the native engine (token-identical to ``tiktoken``'s ``encode_ordinary``) when it is
+  installed and has a hand-written pre-tokenizer for the pattern, else by ``tiktoken``.
+
+Every engine offers ``encode_packed(texts, eod, dtype)``: the arrays a ``.bin``/``.idx`` part is
+written from, built without Python lists where the engine can (native), else ``None``.
 * ``null``: Megatron's NullTokenizer: the text is space-separated integer ids; EOD = vocab - 1.
 
 ``detect_kind`` sniffs a file's content, so a file given as the wrong type fails with a message
@@ -22,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -100,9 +106,9 @@ def detect_kind(path: str | os.PathLike) -> str:
     if p.is_dir():
         if (p / "tokenizer.json").is_file():
             return "huggingface"
-        for name in ("tokenizer.model", "spm.model"):
-            if (p / name).is_file():
-                return detect_kind(p / name)
+        inner = _model_in_folder(p)
+        if inner is not None:
+            return detect_kind(inner)
         raise TokenizerError(f"tokenizer folder {p} holds neither tokenizer.json nor tokenizer.model")
     try:
         with open(p, "rb") as f:
@@ -198,6 +204,8 @@ def resolve_config(kind: str | None, path: str | os.PathLike | None, *, vocab_si
     if path is None:
         raise TokenizerError(f"tokenizer type {k} needs a tokenizer file (--tokenizer-model / tokenizer.path)")
     p = Path(path)
+    if p.is_dir() and (k in ("sentencepiece", "tiktoken") or detect_kind(p) != "huggingface"):
+        p = _model_in_folder(p) or p  # the folder of a .model file: name the file itself
     actual = detect_kind(p)
     if k == "auto":
         k = actual
@@ -214,6 +222,11 @@ def resolve_config(kind: str | None, path: str | os.PathLike | None, *, vocab_si
     return TokenizerConfig(k, os.fspath(p), None, eod_id, add_special_tokens, use_native)
 
 
+def _model_in_folder(p: Path) -> Path | None:
+    """The ``.model`` file of a tokenizer folder (SentencePiece or tiktoken ranks), if it has one."""
+    return next((p / n for n in ("tokenizer.model", "spm.model") if (p / n).is_file()), None)
+
+
 class Tokenizer:
     """The interface every engine implements."""
 
@@ -221,6 +234,7 @@ class Tokenizer:
     vocab_size: int
     eod: int | None
     engine: str
+    native = None  # the datasetprep_native engine that encodes this tokenizer's file, if any
 
     def encode(self, text: str) -> list[int] | np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -228,13 +242,78 @@ class Tokenizer:
     def encode_many(self, texts: list[str]) -> list:
         return [self.encode(t) for t in texts]
 
+    def encode_packed(self, texts: list[str], eod: int | None, dtype: np.dtype) -> Packed | None:
+        """Documents → ``(tokens, seq_lens, docs)``: the tokens back to back in ``dtype`` with
+        ``eod`` (unless None) after each non-empty document, each sequence's length and each
+        document's number of sequences (0 for an empty document, which gets no EOD), as
+        Megatron-LM writes them.  ``None`` when there is no fast packed path (the native module
+        is missing); an exception (e.g. an id that does not fit ``dtype``) means: encode
+        document by document to find and name the culprit.  Engines that return lists of ints
+        are packed by the native module; native engines override this."""
+        if self.native is not None:
+            return _native_packed(self.native, texts, eod, dtype)
+        native = _native_module()
+        if native is None:
+            return None
+        return _packed_arrays(native.pack_ids(self.encode_many(texts), eod, np.dtype(dtype).name), dtype)
+
+    def encode_jsonl_packed(self, data: bytes, key: str, eod: int | None, dtype: np.dtype) -> Packed | None:
+        """``encode_packed`` of the string field ``key`` of each line of ``data`` (whole JSONL
+        lines), for an engine that parses JSONL itself; None when it does not, or when a line
+        must be read by the Python reader (anything ``json.loads`` would read differently or
+        reject, a field that is not a string)."""
+        return _native_jsonl_packed(self.native, data, key, eod, dtype)
+
     def decode(self, ids) -> str:  # pragma: no cover - interface
         raise NotImplementedError
 
 
+Packed = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _native_module():
+    """``datasetprep_native`` when installed (and not switched off with DATASETPREP_NATIVE=0)."""
+    if os.environ.get("DATASETPREP_NATIVE", "1") == "0":
+        return None
+    try:
+        import datasetprep_native  # type: ignore
+    except ImportError:
+        return None
+    return datasetprep_native
+
+
+def _native_engine(cfg: TokenizerConfig, build: Callable[[Any], Any]):
+    """``build(datasetprep_native)``: the native engine for this tokenizer, or None when the
+    module is missing, switched off (``use_native`` false, DATASETPREP_NATIVE=0) or does not
+    reproduce this file exactly (then the library encodes it)."""
+    native = _native_module() if cfg.use_native else None
+    if native is None:
+        return None
+    try:
+        return build(native.Encoder)
+    except ValueError:
+        return None
+
+
+def _packed_arrays(buffers, dtype: np.dtype) -> Packed:
+    toks, seq_lens, docs = buffers
+    dt = np.dtype(dtype).newbyteorder("<")
+    return np.frombuffer(toks, dt), np.frombuffer(seq_lens, "<i4"), np.frombuffer(docs, "<i4")
+
+
+def _native_packed(engine, texts: list[str], eod: int | None, dtype: np.dtype) -> Packed:
+    return _packed_arrays(engine.encode_packed(texts, eod, np.dtype(dtype).name), dtype)
+
+
+def _native_jsonl_packed(engine, data: bytes, key: str, eod: int | None, dtype: np.dtype) -> Packed | None:
+    if engine is None:
+        return None
+    buffers = engine.encode_jsonl_packed(data, key, eod, np.dtype(dtype).name)
+    return None if buffers is None else _packed_arrays(buffers, dtype)
+
+
 class SentencePieceTok(Tokenizer):
     kind = "sentencepiece"
-    engine = "sentencepiece"
 
     def __init__(self, cfg: TokenizerConfig):
         import sentencepiece as spm
@@ -252,13 +331,19 @@ class SentencePieceTok(Tokenizer):
         eos = self.sp.eos_id()
         self.eod = cfg.eod_id if cfg.eod_id is not None else (eos if eos >= 0 else None)
         self._encode = self.sp.encode_as_ids
+        self.native = _native_engine(cfg, lambda enc: enc.from_sentencepiece(proto))
+        self.engine = "sentencepiece" if self.native is None else "native-sentencepiece-bpe"
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str):
+        if self.native is not None:
+            return np.frombuffer(self.native.encode(text), dtype="<u4")
         return self._encode(text)
 
     threads = -1  # batch encoding threads; worker processes of a pool set 1 (one process per core)
 
     def encode_many(self, texts: list[str]) -> list:
+        if self.native is not None:
+            return [self.encode(t) for t in texts]
         return self.sp.encode(texts, out_type=int, num_threads=self.threads)
 
     def decode(self, ids) -> str:
@@ -288,43 +373,49 @@ class HuggingFaceTok(Tokenizer):
     kind = "huggingface"
 
     def __init__(self, cfg: TokenizerConfig):
-        from tokenizers import Tokenizer as HFTokenizer
-
-        jp = _hf_json_path(Path(cfg.path))
+        jp = Path(_hf_json_path(Path(cfg.path)))
+        self.json_path = jp
         try:
-            text = Path(jp).read_text(encoding="utf-8")
-            self.tok = HFTokenizer.from_str(text)
+            self._json = jp.read_bytes()  # the native engine reads the bytes (no str of a 128k vocab)
         except OSError as e:
             raise TokenizerError(f"cannot read HuggingFace tokenizer {jp}: {e.strerror}") from None
-        except Exception as e:
-            raise TokenizerError(f"{jp} is not a valid HuggingFace tokenizer.json ({e})") from None
         self.add_special = cfg.add_special_tokens
-        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
-        special = _hf_special_config(Path(jp))
+        self.native = _native_engine(cfg, lambda enc: enc.from_json(self._json, self.add_special))
+        self._tok = None
+        if self.native is not None:
+            self.engine = "native-bytelevel-bpe"
+            self.vocab_size = self.native.vocab_size
+            token_to_id = self.native.token_to_id
+        else:
+            self.engine = "tokenizers"
+            self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+            token_to_id = self.tok.token_to_id
+            fast = getattr(self.tok, "encode_batch_fast", None)
+            self._batch = fast if fast is not None else self.tok.encode_batch
+        special = _hf_special_config(jp)
         eos = _token_content(special.get("eos_token"))
         self.eos_token = eos
         if cfg.eod_id is not None:
             self.eod = cfg.eod_id
         elif eos is not None:
-            self.eod = self.tok.token_to_id(eos)
+            self.eod = token_to_id(eos)
             if self.eod is None:
                 raise TokenizerError(f"eos_token {eos!r} of {jp.parent} is not in the vocabulary")
         else:
             self.eod = None
-        self.native = None
-        self.engine = "tokenizers"
-        if cfg.use_native and os.environ.get("DATASETPREP_NATIVE", "1") != "0":
-            try:
-                from datasetprep_native import ByteLevelBPE  # type: ignore
 
-                self.native = ByteLevelBPE.from_json(text, self.add_special)
-                self.engine = "native-bytelevel-bpe"
-            except ImportError:
-                pass
-            except ValueError:
-                pass  # unsupported configuration: the exact path is the library
-        fast = getattr(self.tok, "encode_batch_fast", None)
-        self._batch = fast if fast is not None else self.tok.encode_batch
+    @property
+    def tok(self):
+        """The ``tokenizers`` library's tokenizer (loaded on first use when the native engine
+        encodes: it is only needed to decode)."""
+        if self._tok is None:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            try:
+                self._tok = HFTokenizer.from_str(self._json.decode("utf-8"))
+            except Exception as e:
+                raise TokenizerError(f"{self.json_path} is not a valid HuggingFace tokenizer.json ({e})") from None
+        return self._tok
 
     def encode(self, text: str):
         if self.native is not None:
@@ -362,20 +453,25 @@ def read_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
     return ranks
 
 
+def _tiktoken_text(text: str) -> str:
+    """What ``tiktoken`` encodes for a str with lone surrogates: pairs joined, the rest U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 class TikTok(Tokenizer):
     kind = "tiktoken"
-    engine = "tiktoken"
 
     def __init__(self, cfg: TokenizerConfig):
-        import tiktoken
-
-        ranks = read_tiktoken_ranks(cfg.path)
-        n = len(ranks)
-        if sorted(ranks.values()) != list(range(n)):
-            raise TokenizerError(f"{cfg.path}: ranks must be 0..{n - 1} without gaps")
-        missing = [b for b in range(256) if bytes([b]) not in ranks]
-        if missing:
-            raise TokenizerError(f"{cfg.path}: the rank file lacks single-byte tokens (e.g. byte {missing[0]})")
+        self.path = cfg.path
+        self.pattern = cfg.extra.get("pattern", LLAMA3_PATTERN)
+        self.native = self._load_native(cfg)
+        if self.native is not None:
+            n = self.native.model_vocab_size
+            self.engine = "native-tiktoken-bpe"
+        else:
+            self.ranks = _checked_ranks(cfg.path)
+            n = len(self.ranks)
+            self.engine = "tiktoken"
         specials: dict[str, int] = {}
         if n == LLAMA3_NUM_RANKS:
             reserved = 256
@@ -383,30 +479,77 @@ class TikTok(Tokenizer):
             names += [f"<|reserved_special_token_{i}|>" for i in range(2, reserved - len(LLAMA3_SPECIALS) + 2)]
             specials = {name: n + i for i, name in enumerate(names[:reserved])}
         self.special = specials
-        self.enc = tiktoken.Encoding(
-            name=f"datasetprep-{Path(cfg.path).name}",
-            pat_str=cfg.extra.get("pattern", LLAMA3_PATTERN),
-            mergeable_ranks=ranks,
-            special_tokens=specials,
-        )
+        self._enc = None if self.native is not None else self._library()
         self.vocab_size = n + len(specials)
         if cfg.eod_id is not None:
             self.eod = cfg.eod_id
         else:
             self.eod = specials.get("<|end_of_text|>", specials.get("<|endoftext|>"))
 
-    def encode(self, text: str) -> list[int]:
+    def _load_native(self, cfg: TokenizerConfig):
+        """The native engine, or None (an unknown pattern or a malformed file: tiktoken's path,
+        and its messages)."""
+        def build(enc):
+            try:
+                data = Path(cfg.path).read_bytes()
+            except OSError as e:
+                raise TokenizerError(f"cannot read tiktoken rank file {cfg.path}: {e.strerror}") from None
+            return enc.from_tiktoken(data, self.pattern)
+
+        return _native_engine(cfg, build)
+
+    def _library(self):
+        import tiktoken
+
+        if not hasattr(self, "ranks"):
+            self.ranks = _checked_ranks(self.path)
+        return tiktoken.Encoding(
+            name=f"datasetprep-{Path(self.path).name}",
+            pat_str=self.pattern,
+            mergeable_ranks=self.ranks,
+            special_tokens=self.special,
+        )
+
+    @property
+    def enc(self):
+        """The ``tiktoken`` encoding (built on first use when the native engine encodes)."""
+        if self._enc is None:
+            self._enc = self._library()
+        return self._enc
+
+    def encode(self, text: str):
         # Special-token strings in the text are ordinary text, as in SentencePiece: a document
         # that quotes "<|end_of_text|>" must not end early.
+        if self.native is not None:
+            try:
+                return np.frombuffer(self.native.encode(text), dtype="<u4")
+            except UnicodeEncodeError:
+                return np.frombuffer(self.native.encode(_tiktoken_text(text)), dtype="<u4")
         return self.enc.encode_ordinary(text)
 
     def encode_many(self, texts: list[str]) -> list:
         # a plain loop: tiktoken's *_batch goes through a thread pool, 1.5x slower per process here
-        enc = self.enc.encode_ordinary
-        return [enc(t) for t in texts]
+        return [self.encode(t) for t in texts]
+
+    def encode_packed(self, texts: list[str], eod: int | None, dtype: np.dtype) -> Packed | None:
+        try:
+            return super().encode_packed(texts, eod, dtype)
+        except UnicodeEncodeError:  # the native engine takes UTF-8: encode what tiktoken encodes
+            return super().encode_packed([_tiktoken_text(t) for t in texts], eod, dtype)
 
     def decode(self, ids) -> str:
         return self.enc.decode([int(i) for i in ids])
+
+
+def _checked_ranks(path) -> dict[bytes, int]:
+    ranks = read_tiktoken_ranks(path)
+    n = len(ranks)
+    if sorted(ranks.values()) != list(range(n)):
+        raise TokenizerError(f"{path}: ranks must be 0..{n - 1} without gaps")
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise TokenizerError(f"{path}: the rank file lacks single-byte tokens (e.g. byte {missing[0]})")
+    return ranks
 
 
 class NullTok(Tokenizer):
@@ -419,10 +562,16 @@ class NullTok(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         try:
-            return [int(x) for x in text.split()]
+            ids = [int(x) for x in text.split()]
         except ValueError:
             bad = next(x for x in text.split() if not x.lstrip("-").isdigit())
             raise TokenizerError(f"the null tokenizer reads space-separated integer ids; got {bad[:40]!r}") from None
+        if ids and not 0 <= min(ids) <= max(ids) < self.vocab_size:
+            bad = min(ids) if min(ids) < 0 else max(ids)
+            raise TokenizerError(f"token id {bad} is outside the null tokenizer's vocabulary (ids 0.."
+                                 f"{self.vocab_size - 1}): raise --vocab-size (spec: tokenizer.vocabSize) or fix "
+                                 "the id")
+        return ids
 
     def decode(self, ids) -> str:
         return " ".join(str(int(i)) for i in ids)
@@ -431,8 +580,51 @@ class NullTok(Tokenizer):
 _CLASSES = {"sentencepiece": SentencePieceTok, "huggingface": HuggingFaceTok, "tiktoken": TikTok, "null": NullTok}
 
 
+def _files_state(path: str | None) -> tuple:
+    """(name, size, mtime, inode) of the files a tokenizer is read from."""
+    if path is None:
+        return ()
+    p = Path(path)
+    files = [p / n for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")] \
+        if p.is_dir() else [p, p.parent / "tokenizer_config.json", p.parent / "special_tokens_map.json"]
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out.append((f.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
+_LOADED: dict[tuple, Tokenizer] = {}
+
+
 def load(cfg: TokenizerConfig) -> Tokenizer:
-    return _CLASSES[cfg.kind](cfg)
+    """The tokenizer of ``cfg``.  The last one loaded in this process is kept and returned again
+    while its files are unchanged: worker processes forked after the driver loaded it start
+    without loading it again (a 128k-token tokenizer takes a second)."""
+    key = (cfg.kind, cfg.path, cfg.vocab_size, cfg.eod_id, cfg.add_special_tokens, cfg.use_native,
+           repr(sorted(cfg.extra.items())), os.environ.get("DATASETPREP_NATIVE"), _files_state(cfg.path))
+    tok = _LOADED.get(key)
+    if tok is None:
+        tok = _CLASSES[cfg.kind](cfg)
+        check_eod(tok, cfg)
+        _LOADED.clear()
+        _LOADED[key] = tok
+    return tok
+
+
+def check_eod(tok: Tokenizer, cfg: TokenizerConfig) -> None:
+    """The end-of-document id must be a token of the vocabulary (ids 0 .. vocab_size-1)."""
+    if tok.eod is not None and not 0 <= tok.eod < tok.vocab_size:
+        given = cfg.eod_id is not None
+        raise TokenizerError(
+            f"{'--eod-id' if given else 'the end-of-document id'} {tok.eod} is outside the vocabulary of this "
+            f"{tok.kind} tokenizer (ids 0..{tok.vocab_size - 1})"
+            + ("; give an id of the vocabulary with --eod-id (spec: tokenizer.eodId), or leave it unset to use "
+               "the tokenizer's own" if given else "; check the tokenizer files")
+        )
 
 
 def load_tokenizer(kind: str | None, path=None, **kw) -> Tokenizer:

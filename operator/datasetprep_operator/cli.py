@@ -5,7 +5,8 @@
         metrics_port=9090, peering=None, standalone=True)
 
 It is the programmatic equivalent of ``kopf run -m datasetprep_operator.handlers`` with our
-settings: kopf's own CLI is not involved, so the caller owns argument parsing and logging setup.
+settings and logging: one line per decision (``namespace/name: ...``) at INFO, as text or as JSON
+(``log_format="json"`` or ``DATASETPREP_LOG_FORMAT=json``) for log shippers.
 """
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ def resolve_scope(config: OperatorConfig, namespaces: list[str] | None, all_name
     return False, list(config.watch_namespaces)
 
 
+def configure_logging(log_format: str) -> None:
+    """INFO to stderr, as text lines or JSON objects (with the DatasetPrep as ``object``)."""
+    if log_format == "json":
+        kopf.configure(log_format=kopf.LogFormat.JSON, log_refkey="object")
+    else:
+        kopf.configure(log_format=kopf.LogFormat.FULL)
+
+
 def run(
     namespaces: list[str] | None = None,
     all_namespaces: bool = False,
@@ -43,6 +52,7 @@ def run(
     standalone: bool = True,
     *,
     priority: int | None = None,
+    log_format: str | None = None,
 ) -> None:
     """Run the operator until it is signalled to stop (SIGINT/SIGTERM).
 
@@ -58,6 +68,7 @@ def run(
         standalone: without ``peering``, run without any peering (a single replica).
         priority: kopf peering priority of this replica (the highest live one works, the others
             stand by); replicas of equal priority all pause. None: kopf's default (0).
+        log_format: ``text`` or ``json``; None: ``DATASETPREP_LOG_FORMAT`` (unset: text).
 
     Raises:
         ValueError: contradictory arguments or a malformed ``DATASETPREP_*`` variable.
@@ -65,7 +76,13 @@ def run(
     config = OperatorConfig.from_env()
     if metrics_port is not None:
         config = dataclasses.replace(config, metrics_port=metrics_port or None)
+    if log_format is not None:
+        config = dataclasses.replace(config, log_format=log_format)
     clusterwide, watched = resolve_scope(config, namespaces, all_namespaces)
+    # The scope the operator really serves (the start-up handler turns namespace discovery off for
+    # exact names, which kopf does not tell it).
+    config = dataclasses.replace(config, watch_namespaces=() if clusterwide else tuple(watched))
+    configure_logging(config.log_format)
     importlib.import_module(HANDLERS_MODULE)  # registers the handlers in kopf's default registry
     kopf.run(
         clusterwide=clusterwide,

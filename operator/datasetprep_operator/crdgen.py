@@ -1,6 +1,7 @@
-"""Generate the DatasetPrep CRD (and its Markdown reference) from the pydantic models.
+"""Generate the CRDs (DatasetPrep, DatasetBlend) and their Markdown reference from the pydantic models.
 
     python -m datasetprep_operator.crdgen            > crds/datasetprep.io_datasetpreps.yaml
+    python -m datasetprep_operator.crdgen --blend    > crds/datasetprep.io_datasetblends.yaml
     python -m datasetprep_operator.crdgen --markdown > docs/crd-reference.md
 
 The OpenAPI v3 schema is pydantic's JSON schema made *structural*, as Kubernetes requires: every
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import typing
@@ -26,10 +28,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from datasetprep import spec as model
-from datasetprep.spec import CEL_RELATIVE_PATH, DatasetPrepSpec, DatasetPrepStatus
+from datasetprep import blendspec, spec as model
+from datasetprep.blendspec import FRACTION_TOLERANCE, DatasetBlendSpec, DatasetBlendStatus
+from datasetprep.spec import CEL_NOT_A_FOLDER, CEL_RELATIVE_PATH, DatasetPrepSpec, DatasetPrepStatus
 
 CRD_NAME = f"{model.PLURAL}.{model.GROUP}"
+BLEND_CRD_NAME = f"{blendspec.BLEND_PLURAL}.{model.GROUP}"
 CATEGORIES = ["datasetprep"]
 
 # check_relative_path also refuses paths that normalise to "." ("", ".", "./", "./."), which
@@ -68,7 +72,9 @@ RULES: dict[str, list[dict[str, str]]] = {
          "message": "tokenizer.vocabSize is only for type `null`; other tokenizers report their own"},
     ],
     "spec.tokenizer.path.path": _relative_path_rules("tokenizer.path.path"),
-    "spec.output.prefix": _relative_path_rules("output.prefix"),
+    "spec.output.prefix": _relative_path_rules("output.prefix") + [
+        {"rule": CEL_NOT_A_FOLDER, "message": "output.prefix names a folder: give a file prefix in it"},
+    ],
 }
 
 #: Plain schema keywords by path, for validator checks that OpenAPI can say without CEL.
@@ -83,6 +89,52 @@ SCHEMA_EXTRAS: dict[str, dict[str, Any]] = {
     "status.conditions": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
 }
 
+
+def _component_list_rules(where: str) -> list[dict[str, str]]:
+    """The rules of one component list (``blendspec.check_components``)."""
+    key = "(has({v}.textKey) ? {v}.textKey : '')"
+    return [
+        {"rule": "self.all(c, has(c.weight)) || self.all(c, has(c.fraction))",
+         "message": f"{where}: use `weight` on every component or `fraction` on every component, not both"},
+        {"rule": f"!self.all(c, has(c.fraction)) || (self.map(c, c.fraction).sum() >= {1 - FRACTION_TOLERANCE!r} "
+                 f"&& self.map(c, c.fraction).sum() <= {1 + FRACTION_TOLERANCE!r})",
+         "message": f"{where}: the fractions must sum to 1"},
+        {"rule": "self.all(c, self.exists_one(d, d.datasetPrep == c.datasetPrep && "
+                 f"{key.format(v='d')} == {key.format(v='c')}))",
+         "message": f"{where}: a component is listed twice; give it one weight"},
+    ]
+
+
+_ONE_SHARE = [{"rule": "has(self.weight) != has(self.fraction)",
+               "message": "set exactly one of `weight` or `fraction`"}]
+_NO_FRACTION = "(!has({l}) || !has({l}[0].fraction))"
+
+#: CEL rules of the DatasetBlend CRD by schema path, mirroring the validators of ``datasetprep.blendspec``.
+BLEND_RULES: dict[str, list[dict[str, str]]] = {
+    "spec": [
+        {"rule": "has(self.components) != has(self.perSplit)",
+         "message": "set exactly one of `components` or `perSplit`"},
+        {"rule": "!has(self.perSplit) || !has(self.splits)",
+         "message": "`splits` cuts one distribution; with `perSplit` every list is used whole: drop `splits`",
+         "fieldPath": ".splits"},
+        {"rule": "!has(self.splits) || !self.splits.matches('^ *0+([.]0+)? *(,.*)?$')",
+         "message": "splits gives the training set nothing", "fieldPath": ".splits"},
+        {"rule": "has(self.totalTokens) || (" + _NO_FRACTION.format(l="self.components") + " && (!has(self.perSplit) "
+                 "|| (!has(self.perSplit.train[0].fraction) && " + " && ".join(
+                     _NO_FRACTION.format(l=f"self.perSplit.{x}") for x in ("valid", "test")) + ")))",
+         "message": "`fraction` is a share of the token budget: set `totalTokens`, or use `weight`"},
+    ],
+    "spec.components": _component_list_rules("components"),
+    "spec.components[]": _ONE_SHARE,
+    **{f"spec.perSplit.{s}": _component_list_rules(f"perSplit.{s}") for s in blendspec.SPLIT_NAMES},
+    **{f"spec.perSplit.{s}[]": _ONE_SHARE for s in blendspec.SPLIT_NAMES},
+    "spec.files.path": _relative_path_rules("files.path"),
+}
+
+BLEND_SCHEMA_EXTRAS: dict[str, dict[str, Any]] = {
+    "status.conditions": SCHEMA_EXTRAS["status.conditions"],
+}
+
 _CARRIED = ("enum", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength",
             "maxLength", "pattern", "minItems", "maxItems")
 
@@ -91,10 +143,26 @@ _CARRIED = ("enum", "format", "minimum", "maximum", "exclusiveMinimum", "exclusi
 
 
 def structural(schema: dict[str, Any], *, path: str, defaults: bool = True,
-               factory_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Turn a pydantic JSON schema (with ``$defs``) into a structural Kubernetes schema."""
+               factory_defaults: dict[str, Any] | None = None, rules: dict[str, list[dict[str, str]]] | None = None,
+               extras: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Turn a pydantic JSON schema (with ``$defs``) into a structural Kubernetes schema.
+
+    Args:
+        rules, extras: CEL rules and schema keywords by path (default: the DatasetPrep's).
+    """
     defs = schema.get("$defs", {})
-    return _convert(schema, defs, path, defaults, factory_defaults or {})
+    ctx = _Ctx(defs, defaults, factory_defaults or {}, RULES if rules is None else rules,
+               SCHEMA_EXTRAS if extras is None else extras)
+    return _convert(schema, ctx, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ctx:
+    defs: dict[str, Any]
+    defaults: bool
+    factory_defaults: dict[str, Any]
+    rules: dict[str, list[dict[str, str]]]
+    extras: dict[str, dict[str, Any]]
 
 
 def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -118,9 +186,8 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             return node
 
 
-def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, defaults: bool,
-             factory_defaults: dict[str, Any]) -> dict[str, Any]:
-    node = _resolve(node, defs)
+def _convert(node: dict[str, Any], ctx: _Ctx, path: str) -> dict[str, Any]:
+    node = _resolve(node, ctx.defs)
     out: dict[str, Any] = {}
     kind = node.get("type")
     if kind is None and "properties" in node:
@@ -129,34 +196,36 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, defaults: bo
         out["type"] = kind
     if node.get("description"):
         out["description"] = " ".join(node["description"].split())
-    if defaults:
+    if ctx.defaults:
         if "default" in node and node["default"] is not None:
             out["default"] = copy.deepcopy(node["default"])
-        elif path in factory_defaults:
-            out["default"] = copy.deepcopy(factory_defaults[path])
+        elif path in ctx.factory_defaults:
+            out["default"] = copy.deepcopy(ctx.factory_defaults[path])
     for key in _CARRIED:
         if key in node:
             out[key] = copy.deepcopy(node[key])
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(out.get(exclusive), (int, float)) and not isinstance(out[exclusive], bool):
+            out[bound] = out[exclusive]  # JSON Schema's number is OpenAPI v3.0's bound + a boolean
+            out[exclusive] = True
     if kind == "object":
         props = node.get("properties") or {}
         if props:
-            out["properties"] = {
-                name: _convert(sub, defs, f"{path}.{name}", defaults, factory_defaults) for name, sub in props.items()
-            }
+            out["properties"] = {name: _convert(sub, ctx, f"{path}.{name}") for name, sub in props.items()}
             if node.get("required"):
                 out["required"] = list(node["required"])
         extra = node.get("additionalProperties")
         if isinstance(extra, dict) and extra:
-            out["additionalProperties"] = _convert(extra, defs, f"{path}{{}}", defaults, factory_defaults)
+            out["additionalProperties"] = _convert(extra, ctx, f"{path}{{}}")
         elif (extra is True or extra == {}) or (not props and extra is None):
             out["x-kubernetes-preserve-unknown-fields"] = True
     elif kind == "array":
-        out["items"] = _convert(node.get("items", {}), defs, f"{path}[]", defaults, factory_defaults)
+        out["items"] = _convert(node.get("items", {}), ctx, f"{path}[]")
     elif kind is None:
         out["x-kubernetes-preserve-unknown-fields"] = True
-    out.update(copy.deepcopy(SCHEMA_EXTRAS.get(path, {})))
-    if path in RULES:
-        out["x-kubernetes-validations"] = copy.deepcopy(RULES[path])
+    out.update(copy.deepcopy(ctx.extras.get(path, {})))
+    if path in ctx.rules:
+        out["x-kubernetes-validations"] = copy.deepcopy(ctx.rules[path])
     return out
 
 
@@ -188,11 +257,55 @@ def _doc(cls: type) -> str:
     return " ".join((cls.__doc__ or "").split())
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The whole ``openAPIV3Schema`` of the DatasetPrep CRD."""
-    spec_schema = structural(DatasetPrepSpec.model_json_schema(by_alias=True), path="spec",
-                             factory_defaults=factory_defaults(DatasetPrepSpec, "spec"))
-    status_schema = structural(DatasetPrepStatus.model_json_schema(by_alias=True), path="status", defaults=False)
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One custom resource kind of the group: its models, rules and names."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    spec: type[BaseModel]
+    status: type[BaseModel]
+    rules: dict[str, list[dict[str, str]]]
+    extras: dict[str, dict[str, Any]]
+    columns: tuple[dict[str, str], ...]
+    source: str
+    """The module it is generated from (for the headers)."""
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{model.GROUP}"
+
+    @property
+    def file(self) -> str:
+        return f"{model.GROUP}_{self.plural}.yaml"
+
+
+_READY_COLUMN = {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'}
+_AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+DATASETPREP = Kind(
+    kind=model.KIND, plural=model.PLURAL, singular=model.SINGULAR, short_names=tuple(model.SHORT_NAMES),
+    spec=DatasetPrepSpec, status=DatasetPrepStatus, rules=RULES, extras=SCHEMA_EXTRAS, source="datasetprep/spec.py",
+    columns=({"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+             {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
+             {"name": "Tokens", "type": "integer", "jsonPath": ".status.output.tokens"}, _READY_COLUMN, _AGE_COLUMN))
+DATASETBLEND = Kind(
+    kind=blendspec.BLEND_KIND, plural=blendspec.BLEND_PLURAL, singular=blendspec.BLEND_SINGULAR,
+    short_names=tuple(blendspec.BLEND_SHORT_NAMES), spec=DatasetBlendSpec, status=DatasetBlendStatus,
+    rules=BLEND_RULES, extras=BLEND_SCHEMA_EXTRAS, source="datasetprep/blendspec.py",
+    columns=({"name": "Components", "type": "integer", "jsonPath": ".status.componentCount"},
+             {"name": "Tokens", "type": "integer", "jsonPath": ".status.tokens"}, _READY_COLUMN, _AGE_COLUMN))
+KINDS = (DATASETPREP, DATASETBLEND)
+
+
+def openapi_schema(kind: Kind = DATASETPREP) -> dict[str, Any]:
+    """The whole ``openAPIV3Schema`` of a kind's CRD."""
+    spec_schema = structural(kind.spec.model_json_schema(by_alias=True), path="spec",
+                             factory_defaults=factory_defaults(kind.spec, "spec"), rules=kind.rules, extras=kind.extras)
+    status_schema = structural(kind.status.model_json_schema(by_alias=True), path="status", defaults=False,
+                               rules=kind.rules, extras=kind.extras)
     status_schema["properties"]["kopf"] = {
         "type": "object",
         "description": "The operator's own bookkeeping (kopf handler progress). Not an API.",
@@ -200,7 +313,7 @@ def openapi_schema() -> dict[str, Any]:
     }
     return {
         "type": "object",
-        "description": f"{model.KIND}: {_doc(DatasetPrepSpec)}",
+        "description": f"{kind.kind}: {_doc(kind.spec)}",
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion defines the versioned schema of this "
@@ -214,24 +327,24 @@ def openapi_schema() -> dict[str, Any]:
     }
 
 
-def crd() -> dict[str, Any]:
-    """The CustomResourceDefinition ``datasetpreps.datasetprep.io``."""
+def crd(kind: Kind = DATASETPREP) -> dict[str, Any]:
+    """The CustomResourceDefinition of a kind (default ``datasetpreps.datasetprep.io``)."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": CRD_NAME,
+            "name": kind.crd_name,
             "labels": {"app.kubernetes.io/name": "datasetprep", "app.kubernetes.io/component": "crd"},
         },
         "spec": {
             "group": model.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": model.KIND,
-                "listKind": f"{model.KIND}List",
-                "plural": model.PLURAL,
-                "singular": model.SINGULAR,
-                "shortNames": list(model.SHORT_NAMES),
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": list(kind.short_names),
                 "categories": list(CATEGORIES),
             },
             "versions": [{
@@ -239,55 +352,69 @@ def crd() -> dict[str, Any]:
                 "served": True,
                 "storage": True,
                 "subresources": {"status": {}},
-                "additionalPrinterColumns": [
-                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
-                    {"name": "Tokens", "type": "integer", "jsonPath": ".status.output.tokens"},
-                    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                ],
-                "schema": {"openAPIV3Schema": openapi_schema()},
+                "additionalPrinterColumns": [dict(c) for c in kind.columns],
+                "schema": {"openAPIV3Schema": openapi_schema(kind)},
             }],
         },
     }
 
 
-HEADER = ("# Generated by `python -m datasetprep_operator.crdgen` from datasetprep/spec.py -- do not edit.\n"
-          "# Regenerate: python -m datasetprep_operator.crdgen > crds/datasetprep.io_datasetpreps.yaml\n")
+def blend_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition ``datasetblends.datasetprep.io``."""
+    return crd(DATASETBLEND)
+
+
+def header(kind: Kind = DATASETPREP) -> str:
+    flag = " --blend" if kind is DATASETBLEND else ""
+    return (f"# Generated by `python -m datasetprep_operator.crdgen{flag}` from {kind.source} -- do not edit.\n"
+            f"# Regenerate: python -m datasetprep_operator.crdgen{flag} > crds/{kind.file}\n")
+
+
+HEADER = header(DATASETPREP)
 
 
 def to_yaml(obj: dict[str, Any]) -> str:
     """The CRD as YAML, with a header saying how to regenerate it."""
-    return HEADER + yaml.safe_dump(obj, sort_keys=False, width=100, allow_unicode=True)
+    kind = next(k for k in KINDS if k.crd_name == obj["metadata"]["name"])
+    return header(kind) + yaml.safe_dump(obj, sort_keys=False, width=100, allow_unicode=True)
 
 
 # --------------------------------------------------------------------------- markdown
 
 
 def markdown(crd_obj: dict[str, Any] | None = None) -> str:
-    """A ``kubectl explain``-like reference of the CRD, one table per object."""
-    crd_obj = crd_obj or crd()
+    """A ``kubectl explain``-like reference of the CRDs (both kinds, or the one given), one table per object."""
+    if crd_obj is not None:
+        return _kind_markdown(crd_obj, first=True)
+    return _kind_markdown(crd(DATASETPREP), first=True) + "\n" + _kind_markdown(crd(DATASETBLEND), first=False)
+
+
+def _kind_markdown(crd_obj: dict[str, Any], *, first: bool) -> str:
     version = crd_obj["spec"]["versions"][0]
     root = version["schema"]["openAPIV3Schema"]
     names = crd_obj["spec"]["names"]
     lines = [
-        "<!-- Generated by `python -m datasetprep_operator.crdgen --markdown` from datasetprep/spec.py. "
-        "Do not edit; regenerate with: python -m datasetprep_operator.crdgen --markdown > docs/crd-reference.md -->",
+        "<!-- Generated by `python -m datasetprep_operator.crdgen --markdown` from datasetprep/spec.py and "
+        "datasetprep/blendspec.py. Do not edit; regenerate with: python -m datasetprep_operator.crdgen --markdown > "
+        "docs/crd-reference.md -->",
         "",
+    ] if first else []
+    title = "" if first else f"{names['kind']} "
+    lines += [
         f"# {names['kind']} reference (`{crd_obj['spec']['group']}/{version['name']}`)",
         "",
         root["description"],
         "",
         f"* Resource: `{names['plural']}.{crd_obj['spec']['group']}`, namespaced; short name "
         f"`{', '.join(names['shortNames'])}`; category `{', '.join(names['categories'])}`.",
-        "* `kubectl get dsp` columns: " + ", ".join(c["name"] for c in version["additionalPrinterColumns"]) + ".",
+        f"* `kubectl get {names['shortNames'][0]}` columns: "
+        + ", ".join(c["name"] for c in version["additionalPrinterColumns"]) + ".",
         "* Status is a subresource written by the operator; `status.kopf` is the operator's own bookkeeping.",
         "",
     ]
-    for path, node in _objects(root["properties"]["spec"], "spec"):
-        lines += _table(path, node)
-    for path, node in _objects(root["properties"]["status"], "status"):
-        lines += _table(path, node)
+    for part in ("spec", "status"):
+        for path, node in _objects(root["properties"][part], part):
+            lines += _table(path, node, title=title)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -338,8 +465,8 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _table(path: str, node: dict[str, Any]) -> list[str]:
-    lines = [f"## `{path}`", ""]
+def _table(path: str, node: dict[str, Any], *, title: str = "") -> list[str]:
+    lines = [f"## {title}`{path}`", ""]
     if node.get("description"):
         lines += [node["description"], ""]
     for rule in node.get("x-kubernetes-validations", []):
@@ -364,9 +491,11 @@ def _table(path: str, node: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datasetprep_operator.crdgen", description=__doc__.split("\n")[0])
-    parser.add_argument("--markdown", action="store_true", help="print the Markdown reference instead of the CRD")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--markdown", action="store_true", help="print the Markdown reference of both kinds")
+    what.add_argument("--blend", action="store_true", help="print the DatasetBlend CRD instead of the DatasetPrep one")
     args = parser.parse_args(argv)
-    sys.stdout.write(markdown() if args.markdown else to_yaml(crd()))
+    sys.stdout.write(markdown() if args.markdown else to_yaml(crd(DATASETBLEND if args.blend else DATASETPREP)))
     return 0
 
 

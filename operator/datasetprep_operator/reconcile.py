@@ -1,49 +1,69 @@
-"""Level-triggered reconciliation of one DatasetPrep.
+"""Level-triggered decisions for one DatasetPrep.
 
-:func:`reconcile` looks at the resource, its spec and its status, at the Jobs for the current
-spec and (once a Job is over) at its pods, and returns what the status should become plus the
-events worth posting. Every handler -- create, resume, update and the periodic timer -- calls the
-same function, so it must be safe to run any number of times, from any starting point:
+:func:`reconcile` looks at the resource, its spec and its status, at the Jobs of the current run and
+their pods (as the watches saw them), and returns what the status should become, the events and
+metrics that this *transition* carries, and when to look again. It is safe to run any number of
+times, from any starting point, on a body of any age:
 
-* The Job for a spec is named ``<name>-<spec hash>``. If it exists it is adopted, never recreated;
-  a 409 on create is read back and checked, never taken on trust.
+* **Effects belong to transitions.** Every event and metric of an :class:`Outcome` follows from the
+  difference between the status it was decided on and the status it decides (a run started, a run
+  published, a run failed, an attempt failed, a claim missing). The runtime writes that status with
+  the ``resourceVersion`` the decision was made on (optimistic concurrency) and applies the effects
+  only when the write wins; a 409 means the decision was made on a stale body, so it is made again
+  on a fresh one -- which finds the transition already done and carries no effect.
+* **What is done before the write is idempotent**: the Job for a run is named ``<name>-<run hash>``
+  and adopted if it exists, never recreated (a 409 on create is read back and its owner checked);
+  the training ConfigMap is written only if its data differs; superseded Jobs are deleted by name.
 * ``spec.shards > 1`` runs in two stages: that Job is an Indexed Job with one pod per shard, and once
-  it is Complete a merge Job ``<name>-<spec hash>-merge`` assembles and publishes the output. Each
-  stage is found by name before anything is created, so a restarted operator picks up either.
+  it is Complete a merge Job ``<name>-<run hash>-merge`` assembles and publishes the output.
 * ``spec.reuse: IfIdentical``: before a run's first Job is created, another Ready DatasetPrep of the
-  namespace with the same reuse key (``builders.reuse_key``) is looked for; if there is one, its
-  output is pointed at and no Job is launched.
-* The training ConfigMap is written only after the run succeeded, from the job's own report.
-* A spec change starts a new run; the previous output and ConfigMap stay as they are until the new
-  run succeeds. Unfinished Jobs of older specs are deleted at once, finished ones after the switch.
-* An invalid spec, a failed Job or a foreign object in the way is final for that generation
-  (``Stalled``): only a spec change starts over.
+  namespace with the same reuse key (:func:`datasetprep.hashes.reuse_key`) is looked for; if there is
+  one, its output is pointed at and no Job is launched.
+* A spec change, or a new value of the ``datasetprep.io/retry`` annotation, starts a new run; the
+  previous output and ConfigMap stay as they are until the new run succeeds. Unfinished Jobs of older
+  runs are deleted at once, finished ones after the switch.
+* An invalid spec, a failed Job or a foreign object in the way is final for that run (``Stalled``):
+  a spec change or a retry starts over. Pods that cannot start (:mod:`.diagnosis`) stall the run
+  only while the cause lasts.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
-import threading
 import time
-import weakref
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from datasetprep.spec import DatasetPrepSpec, format_validation_error, parse_spec
-from datasetprep_operator import builders
-from datasetprep_operator.config import OperatorConfig
-from datasetprep_operator.kube import Kube, translate_api_errors
+from datasetprep.contract import Failed, JobResult, Published
+from datasetprep.hashes import reuse_key
+from datasetprep.spec import DatasetPrepSpec, DatasetPrepStatus, ProgressStatus, format_validation_error, parse_spec
 
-ACTIVE_PHASES = (None, "Pending", "Running")
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+from datasetprep_operator.config import OperatorConfig
+from datasetprep_operator.diagnosis import (POD_EVENT_READS, RECHECK_SECONDS, create_trouble, job_needs_events,
+                                            next_look, pod_trouble, pods_needing_events)
+from datasetprep_operator.jobs import CONTAINER_NAME, RunJobs, build_job, claim_mounts
+from datasetprep_operator.jobstate import (attempt_failure, culprit, failure_reason, has_succeeded_pod, job_state,
+                                           killed_by_the_node, last_result, owned_by, said_its_own_error, terminated)
+from datasetprep_operator.kube import Kube, translate_api_errors
+from datasetprep_operator.naming import ANNOTATION_RETRY, JOB_UID_LABEL, LABEL_OWNER_UID, config_map_name
+from datasetprep_operator.podprogress import ProgressLogs
+from datasetprep_operator.results import read_result, reused_result
+from datasetprep_operator.status import (aggregate_progress, blocked_status, count_indexes, failed_status,
+                                         observed_status, read_status, ready_output_key, running_status,
+                                         status_changes, succeeded_status, waiting_status)
+from datasetprep_operator.trainingconfig import build_config_map, training_config_data
+
 CLAIM_RETRY_SECONDS = 10
-#: Live progress figures (bytes, tokens, rate, ETA) are written at most this often per resource.
+#: Live progress figures (bytes, tokens, rate, ETA) are read from the pods' logs and written at most this
+#: often per resource.
 PROGRESS_INTERVAL_SECONDS = 5.0
+#: A Job this operator created is taken from its create answer this long while the watch has not seen it.
+CREATED_TRUST_SECONDS = 60.0
+#: Progress milestones logged at INFO (percent of the input done).
+MILESTONES = (25, 50, 75)
 
 
 def utcnow() -> str:
@@ -51,9 +71,14 @@ def utcnow() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def retry_hint(name: str) -> str:
+    """How to start the same spec again once the cause is fixed (named in Stalled messages)."""
+    return (f"then retry: kubectl annotate datasetprep {name} {ANNOTATION_RETRY}=\"$(date +%s)\" --overwrite")
+
+
 @dataclasses.dataclass(frozen=True)
 class Event:
-    """A Kubernetes event to post on the DatasetPrep."""
+    """A Kubernetes event to post on the DatasetPrep (and log at INFO)."""
 
     type: str  # "Normal" or "Warning"
     reason: str
@@ -62,19 +87,27 @@ class Event:
 
 @dataclasses.dataclass
 class Outcome:
-    """What one reconciliation decided: a status merge-patch, events, and maybe an error to raise."""
+    """What one reconciliation decided.
 
-    status: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ``desired`` is the status as a step decided it (only the fields it sets); :func:`reconcile` turns
+    it into ``status``, the merge patch against what is stored (empty: nothing to write). ``events``,
+    ``counts`` and ``logs`` are the transition's effects: applied once the status write wins.
+    ``error``: a ``kopf.TemporaryError`` (look again after its delay) or ``kopf.PermanentError``
+    (nothing to retry until the resource changes). ``requeue``: seconds until the next look, if one is
+    due without any event (a grace period, a throttled progress write).
+    """
+
+    desired: DatasetPrepStatus = dataclasses.field(default_factory=DatasetPrepStatus)
     events: list[Event] = dataclasses.field(default_factory=list)
     error: Exception | None = None
-
-
-class MetricsSink:
-    """What the reconciler reports to metrics (``metrics.Metrics`` implements it; tests may not)."""
-
-    def run_started(self) -> None: ...
-    def run_succeeded(self, tokens: int | None) -> None: ...
-    def run_failed(self) -> None: ...
+    status: dict[str, Any] = dataclasses.field(default_factory=dict)
+    counts: list[tuple[str, int | None]] = dataclasses.field(default_factory=list)
+    """Metrics to count: ``("run_started"|"run_succeeded"|"run_failed", tokens or None)``."""
+    logs: list[str] = dataclasses.field(default_factory=list)
+    """Decisions worth a log line that are not events (progress milestones, a stall cleared)."""
+    requeue: float | None = None
+    cleanup: str | None = None
+    """A Job to delete once the write this outcome asks for has won (the clean-up Job, after its report)."""
 
 
 @dataclasses.dataclass
@@ -83,50 +116,30 @@ class Context:
 
     kube: Kube
     config: OperatorConfig
-    metrics: MetricsSink = dataclasses.field(default_factory=MetricsSink)
     now: Callable[[], str] = utcnow
-    locks: "Locks" = dataclasses.field(default_factory=lambda: Locks())
     clock: Callable[[], float] = time.monotonic
-    """Seconds, for throttling the progress writes."""
+    """Seconds, for throttling the progress reads."""
+    wall: Callable[[], float] = time.time
+    """Seconds since the epoch, for the age of Jobs and pods."""
     progress_interval: float = PROGRESS_INTERVAL_SECONDS
-    progress_written: dict[str, float] = dataclasses.field(default_factory=dict)
-    """When live progress figures were last written, by resource uid (running resources only)."""
+    progress_read: dict[str, float] = dataclasses.field(default_factory=dict)
+    """When the pods' logs were last read for live progress, by resource uid (running resources only)."""
+    progress_logs: ProgressLogs = dataclasses.field(default_factory=lambda: ProgressLogs(CONTAINER_NAME))
+    """The newest progress record of each job pod, by resource uid (running resources only)."""
+    created_jobs: dict[tuple[str, str], tuple[float, Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
+    """Jobs this operator created (when, and the API server's answer), by ``(namespace, name)``, until the
+    Job watch has seen them: the status write that records a new run comes back through the watch
+    before the Job does, and needs no GET to find it."""
 
-
-class _Lock:
-    """A lock that weak references can point at (``threading.Lock`` objects cannot)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
-class Locks:
-    """One lock per resource uid: the timer and the change handlers run in different threads.
-
-    Entries live only while some thread holds or waits for them, so deleted resources leave nothing.
-    """
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: weakref.WeakValueDictionary[str, _Lock] = weakref.WeakValueDictionary()
-
-    def __call__(self, uid: str) -> _Lock:
-        with self._guard:
-            lock = self._locks.get(uid)
-            if lock is None:
-                lock = self._locks[uid] = _Lock()
-            return lock
+    def forget_progress(self, uid: str) -> None:
+        """Drop what is kept of a resource's live progress (its run is over, or the resource is gone)."""
+        self.progress_read.pop(uid, None)
+        self.progress_logs.forget(uid)
 
 
 @dataclasses.dataclass(frozen=True)
 class Resource:
-    """The DatasetPrep as one handler call saw it."""
+    """The DatasetPrep as one reconciliation sees it."""
 
     body: Mapping[str, Any]
 
@@ -151,33 +164,42 @@ class Resource:
         return self.meta.get("generation")
 
     @property
+    def retry(self) -> str | None:
+        """The ``datasetprep.io/retry`` annotation's value, if set (and not blank)."""
+        value = (self.meta.get("annotations") or {}).get(ANNOTATION_RETRY)
+        return value.strip() or None if isinstance(value, str) else None
+
+    @property
     def spec(self) -> Mapping[str, Any]:
         return self.body.get("spec") or {}
 
     @property
-    def status(self) -> Mapping[str, Any]:
+    def raw_status(self) -> Mapping[str, Any]:
+        """The status as stored (camelCase JSON)."""
         return self.body.get("status") or {}
 
-
-def needs_watching(status: Mapping[str, Any]) -> bool:
-    """True while a run may still change state (the timer only runs for these)."""
-    return (status or {}).get("phase") in ACTIVE_PHASES
+    @property
+    def status(self) -> DatasetPrepStatus:
+        """The status through its model."""
+        return read_status(self.raw_status)
 
 
 @dataclasses.dataclass(frozen=True)
 class Seen:
     """What the operator's watches last saw (kopf indexes).
 
-    A Job found here saves a GET; absence proves nothing (a watch may lag), so it is checked. A
-    reusable DatasetPrep found here is read back before it is trusted.
+    A Job found here saves a GET; absence proves nothing (a watch may lag), so a Job the status names
+    is read back. A reusable DatasetPrep found here is read back before it is trusted.
 
     Attributes:
         job: our Jobs by ``(namespace, name)``.
+        jobs_of: our Jobs of one DatasetPrep, by ``(namespace, owner uid)``.
         pods: their pods by ``(namespace, job name)``.
         reusable: Ready DatasetPreps by ``(namespace, reuse key)``, as ``{"name", "uid", "reusedFrom"}``.
     """
 
     job: Callable[[str, str], "Mapping[str, Any] | None"] = lambda namespace, name: None
+    jobs_of: "Callable[[str, str], list[Mapping[str, Any]]] | None" = None
     pods: Callable[[str, str], "list[Mapping[str, Any]]"] = lambda namespace, job: []
     reusable: Callable[[str, str], "list[Mapping[str, Any]]"] = lambda namespace, key: []
 
@@ -186,316 +208,351 @@ def reconcile(res: Resource, ctx: Context, *, seen: Seen | None = None) -> Outco
     """Bring one DatasetPrep one step closer to its spec; see the module docstring.
 
     Args:
-        res: the resource as the handler received it.
-        ctx: API access, settings, metrics and the clock.
+        res: the resource as last seen (by the watch, or as our own last write returned it).
+        ctx: API access, settings and the clocks.
         seen: the watched Jobs, pods and reusable outputs.
     """
-    with ctx.locks(res.uid):
-        outcome = _reconcile(res, ctx, seen or Seen())
-        if outcome.status.get("phase") != "Running":
-            ctx.progress_written.pop(res.uid, None)
-    outcome.status = status_changes(res.status, outcome.status)
+    outcome = _reconcile(res, ctx, seen or Seen())
+    if outcome.desired.phase != "Running":
+        ctx.forget_progress(res.uid)
+    outcome.status = status_changes(res.raw_status, outcome.desired.to_patch())
     return outcome
 
 
 def _reconcile(res: Resource, ctx: Context, seen: Seen) -> Outcome:
+    status = res.status
     try:
         spec = parse_spec(dict(res.spec))
     except ValidationError as exc:
         message = format_validation_error(exc)
-        return Outcome(
-            status=builders.failed_status(res.status, reason="InvalidSpec", message=message,
-                                          generation=res.generation, now=ctx.now()),
-            error=kopf.PermanentError(f"invalid spec: {message}"),
-        )
-    jobs = builders.RunJobs.for_spec(res.name, spec)
-    status = res.status
-    if status.get("jobName") in jobs.names and status.get("phase") in ("Succeeded", "Failed"):
-        return Outcome(status=builders.observed_status(status, generation=res.generation))
-    key = builders.reuse_key(spec)
-    if _reused_for_this_generation(res, key):
+        return Outcome(failed_status(status, reason="InvalidSpec", message=message, generation=res.generation,
+                                     now=ctx.now()),
+                       events=[Event("Warning", "InvalidSpec", message)] if status.message != message else [],
+                       error=kopf.PermanentError(f"invalid spec: {message}"))
+    jobs = RunJobs.for_spec(res.name, spec, res.retry)
+    if status.job_name in jobs.names and status.phase in ("Succeeded", "Failed"):
+        return Outcome(observed_status(status, generation=res.generation))
+    key = reuse_key(spec)
+    if _reused_for_this_run(res, status, key):
         return Outcome()
     outcome = _run(res, ctx, seen, spec, jobs, key)
-    outcome.status["reuseKey"] = key
+    outcome.desired.reuse_key = key
+    outcome.desired.observed_retry = res.retry
     return outcome
 
 
-def _reused_for_this_generation(res: Resource, key: str) -> bool:
-    """This generation already points at another resource's output (a spec change looks again)."""
-    status = res.status
-    return (status.get("phase") == "Succeeded" and status.get("observedGeneration") == res.generation
-            and status.get("reuseKey") == key and bool((status.get("output") or {}).get("reusedFrom")))
+def _reused_for_this_run(res: Resource, status: DatasetPrepStatus, key: str) -> bool:
+    """This generation (and retry) already points at another resource's output (a change looks again)."""
+    return (status.phase == "Succeeded" and status.observed_generation == res.generation
+            and status.reuse_key == key and status.observed_retry == res.retry
+            and bool(status.output and status.output.reused_from))
 
 
-def _run(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs: builders.RunJobs,
-         key: str) -> Outcome:
+def _run(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs: RunJobs, key: str) -> Outcome:
     """Find (or start) the current run's Jobs and report on them; or reuse an identical output."""
-    events: list[Event] = []
     job = _find_job(res, ctx, seen, jobs.main)
-    merge = _find_job(res, ctx, seen, jobs.merge) if job is None and jobs.merge else None
-    if job is None and merge is None:
-        if spec.reuse == "IfIdentical":
-            found = _reusable_source(res, ctx, seen, key)
-            if found is not None:
-                return _reuse(res, ctx, spec, *found)
-        missing = _missing_claims(res, ctx, spec)
-        if missing:
-            message = (f"PersistentVolumeClaim {', '.join(missing)} not found in namespace {res.namespace}; "
-                       f"the Job starts once it exists")
-            fresh = res.status.get("message") != message
-            return Outcome(
-                status=builders.waiting_status(res.status, reason="WaitingForClaim", message=message,
-                                               generation=res.generation, now=ctx.now()),
-                events=[Event("Warning", "WaitingForClaim", message)] if fresh else [],
-                error=kopf.TemporaryError(message, delay=CLAIM_RETRY_SECONDS))
-        manifest = builders.build_job(spec, parent=res.name, namespace=res.namespace, parent_uid=res.uid,
-                                      config=ctx.config, indexed=jobs.merge is not None)
-        job, created = _create_job(res, ctx, manifest, keep=jobs.names, first_stage=True)
-        if created:
-            what = f"Indexed Job {jobs.main} ({spec.shards} shards)" if jobs.merge else f"Job {jobs.main}"
-            events.append(Event("Normal", "JobCreated", f"Created {what}"))
-    if job is not None:
-        if not _owned_by(job, res.uid):
-            return _job_conflict(res, ctx, jobs.main, events)
-        state = job_state(job)
-        if state == "running":
-            return _running(res, ctx, seen, spec, jobs, job, shard_job=job, events=events)
-        if state == "failed":
-            return _job_failed(res, ctx, job, jobs.main, events)
-        if jobs.merge is None:
-            return _job_succeeded(res, ctx, spec, job, jobs.main, events, keep=jobs.names)
-        # Every shard is done: stage 2 assembles and publishes.
-        merge = _find_job(res, ctx, seen, jobs.merge)
-        if merge is None:
-            manifest = builders.build_job(spec, parent=res.name, namespace=res.namespace, parent_uid=res.uid,
-                                          config=ctx.config, merge=True)
-            merge, created = _create_job(res, ctx, manifest, keep=jobs.names, first_stage=False)
-            if created:
-                events.append(Event("Normal", "MergeJobCreated",
-                                    f"All {spec.shards} shards of Job {jobs.main} are done; created Job "
-                                    f"{jobs.merge} to "
-                                    + ("check the shard datasets and write their blend list" if spec.keep_shards
-                                       else "assemble and publish the output")))
-    if jobs.merge is None or merge is None:  # unreachable: each path above returned or has the merge Job
-        raise kopf.TemporaryError(f"no Job found or created for {jobs.main}", delay=1)
-    if not _owned_by(merge, res.uid):
-        return _job_conflict(res, ctx, jobs.merge, events)
-    state = job_state(merge)
-    if state == "running":
-        return _running(res, ctx, seen, spec, jobs, merge, shard_job=job, events=events)
-    if state == "failed":
-        return _job_failed(res, ctx, merge, jobs.merge, events)
-    return _job_succeeded(res, ctx, spec, merge, jobs.merge, events, keep=jobs.names)
-
-
-def delete_data(res: Resource, ctx: Context) -> Outcome:
-    """``spec.deleteDataOnDelete``: the DatasetPrep is being deleted; delete its dataset first.
-
-    Its run Jobs are stopped (and their pods gone) before a clean-up Job ``<name>-delete-data``
-    deletes the files its manifests list. The data is kept, with a Warning event, when it is not this
-    resource's to delete: another DatasetPrep points at it (``reusedFrom``), or this one itself only
-    reused another's output. A clean-up that fails is reported and the deletion goes on (a
-    finalizer must not hold the resource forever). ``error`` is a TemporaryError while waiting.
-    """
-    try:
-        spec = parse_spec(dict(res.spec))
-    except ValidationError:
-        return Outcome()
-    if not spec.delete_data_on_delete:
-        return Outcome()
-    where = f"{spec.output.claim_name}:{spec.output.prefix}"
-    own_origin = (res.status.get("output") or {}).get("reusedFrom")
-    if own_origin:
-        return Outcome(events=[Event("Warning", "DataKept", f"The data at {where} was made by DatasetPrep "
-                                     f"{own_origin} and only reused here; it is kept")])
-    with translate_api_errors("listing DatasetPreps"):
-        users = sorted(d["metadata"]["name"] for d in ctx.kube.list_datasetpreps(res.namespace)
-                       if ((d.get("status") or {}).get("output") or {}).get("reusedFrom") == res.name
-                       and d["metadata"].get("uid") != res.uid)
-    if users:
-        return Outcome(events=[Event("Warning", "DataKept", f"The data at {where} is kept: DatasetPrep "
-                                     f"{', '.join(users)} still use{'s' if len(users) == 1 else ''} it")])
-    name = builders.delete_data_job_name(res.name)
-    owned = {builders.LABEL_OWNER_UID: res.uid}
-    with translate_api_errors("listing this DatasetPrep's Jobs and pods"):
-        runs = [j for j in ctx.kube.list_jobs(res.namespace, owned) if j["metadata"]["name"] != name]
-        for job in runs:
-            ctx.kube.delete_job(res.namespace, job["metadata"]["name"])
-        busy = [p for p in ctx.kube.list_pods(res.namespace, owned)
-                if (p["metadata"].get("labels") or {}).get(builders.LABEL_COMPONENT) != builders.DELETE_DATA_COMPONENT]
-    if runs or busy:
-        return Outcome(error=kopf.TemporaryError("waiting for the job pods to stop before deleting the data", delay=2))
-    with translate_api_errors(f"reading PersistentVolumeClaim {spec.output.claim_name}"):
-        claim = ctx.kube.get_pvc(res.namespace, spec.output.claim_name)
-    if claim is None:
-        return Outcome(events=[Event("Warning", "DataKept", f"Claim {spec.output.claim_name} is gone: "
-                                     "no data to delete")])
-    with translate_api_errors(f"reading Job {name}"):
-        job = ctx.kube.get_job(res.namespace, name)
     if job is None:
-        manifest = builders.build_job(spec, parent=res.name, namespace=res.namespace, parent_uid=res.uid,
-                                      config=ctx.config, delete_data=True)
-        with translate_api_errors(f"creating Job {name}"):
-            try:
-                ctx.kube.create_job(res.namespace, manifest)
-            except Exception as exc:  # 409: a retry of ours was first
-                if getattr(exc, "status", None) != 409:
-                    raise
-        return Outcome(events=[Event("Normal", "DeletingData", f"Created Job {name} to delete the data at {where}")],
-                       error=kopf.TemporaryError(f"Job {name} is deleting the data", delay=2))
+        merge = _find_job(res, ctx, seen, jobs.merge) if jobs.merge else None
+        if merge is not None:  # the shards' Job is gone (deleted by hand) but stage 2 runs: follow it
+            return _follow(res, ctx, seen, spec, jobs, merge, jobs.merge, shard_job=None)
+        started = _start(res, ctx, seen, spec, jobs, key)
+        if isinstance(started, Outcome):
+            return started
+        job = started
+    if jobs.merge is None or job_state(job) != "succeeded" or not owned_by(job, res.uid):
+        return _follow(res, ctx, seen, spec, jobs, job, jobs.main, shard_job=job)
+    # Every shard is done: stage 2 assembles and publishes.
+    merge = _find_job(res, ctx, seen, jobs.merge)
+    if merge is None:
+        manifest = build_job(spec, jobs.plans[1], parent=res.name, namespace=res.namespace, parent_uid=res.uid,
+                             config=ctx.config, retry=res.retry)
+        merge, _ = create_adopted_job(res, ctx, manifest)
+    return _follow(res, ctx, seen, spec, jobs, merge, jobs.merge, shard_job=job)
+
+
+def _start(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs: RunJobs,
+           key: str) -> Outcome | Mapping[str, Any]:
+    """No Job yet: reuse an identical output, wait for a missing claim, or create the run's first Job."""
+    if spec.reuse == "IfIdentical":
+        found = _reusable_source(res, ctx, seen, key)
+        if found is not None:
+            return _reuse(res, ctx, seen, spec, *found)
+    missing = _missing_claims(res, ctx, spec)
+    if missing:
+        message = (f"PersistentVolumeClaim {', '.join(missing)} not found in namespace {res.namespace}; "
+                   f"the Job starts once it exists")
+        status = res.status
+        return Outcome(waiting_status(status, reason="WaitingForClaim", message=message, generation=res.generation,
+                                      now=ctx.now()),
+                       events=[Event("Warning", "WaitingForClaim", message)] if status.message != message else [],
+                       error=kopf.TemporaryError(message, delay=CLAIM_RETRY_SECONDS))
+    _delete_superseded_jobs(res, ctx, seen, keep=jobs.names, finished_too=False)
+    manifest = build_job(spec, jobs.plans[0], parent=res.name, namespace=res.namespace, parent_uid=res.uid,
+                         config=ctx.config, retry=res.retry)
+    job, _ = create_adopted_job(res, ctx, manifest)
+    return job
+
+
+def _follow(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs: RunJobs, job: Mapping[str, Any],
+            name: str, *, shard_job: Mapping[str, Any] | None) -> Outcome:
+    """Report on one of the run's Jobs: still running, failed, or (the one that publishes) succeeded."""
+    if not owned_by(job, res.uid):
+        return _job_conflict(res, ctx, name)
     state = job_state(job)
     if state == "running":
-        return Outcome(error=kopf.TemporaryError(f"Job {name} is deleting the data", delay=2))
-    pods = _pods(ctx, res.namespace, job)
-    if state == "failed":
-        error = _job_error(res, ctx, job, pods) or "no reason given"
-        event = Event("Warning", "DeleteDataFailed",
-                      f"Job {name} could not delete the data at {where}: {error}; it is left there")
+        outcome = _running(res, ctx, seen, spec, jobs, job, shard_job=shard_job)
+    elif state == "failed":
+        outcome = _job_failed(res, ctx, seen, job, name)
     else:
-        try:
-            report = json.loads(_last_report(pods) or "")
-        except ValueError:
-            report = None
-        report = report if isinstance(report, dict) else {}
-        files, size = report.get("deleted_files"), report.get("deleted_bytes")
-        detail = f"{files} files, {size:,} bytes" if isinstance(files, int) and isinstance(size, int) else "done"
-        event = Event("Normal", "DataDeleted", f"Deleted the data at {where} ({detail})")
-    with translate_api_errors(f"deleting Job {name}"):  # after reading its pods (and maybe their logs)
-        ctx.kube.delete_job(res.namespace, name)
-    return Outcome(events=[event])
+        outcome = _job_succeeded(res, ctx, seen, spec, job, name, keep=jobs.names)
+    outcome.events[:0] = _stage_events(res.status, jobs, spec, name)
+    if res.status.job_name not in jobs.names:
+        outcome.counts.insert(0, ("run_started", None))
+    return outcome
 
 
-def job_state(job: Mapping[str, Any]) -> str:
-    """``running``, ``succeeded`` or ``failed``, from the Job's terminal conditions."""
-    for cond in (job.get("status") or {}).get("conditions") or ():
-        if cond.get("status") == "True" and cond.get("type") == "Complete":
-            return "succeeded"
-        if cond.get("status") == "True" and cond.get("type") == "Failed":
-            return "failed"
-    return "running"
+def _stage_events(status: DatasetPrepStatus, jobs: RunJobs, spec: DatasetPrepSpec, following: str) -> list[Event]:
+    """The events of entering the run (its first Job) and its merge stage, once each: the status it
+    is decided on does not name that Job yet."""
+    events = []
+    if status.job_name not in jobs.names:
+        what = f"Indexed Job {jobs.main} ({spec.shards} shards)" if jobs.merge else f"Job {jobs.main}"
+        events.append(Event("Normal", "JobCreated", f"Created {what}"))
+    if following == jobs.merge and status.job_name != jobs.merge:
+        events.append(Event("Normal", "MergeJobCreated", (
+            f"All {spec.shards} shards of Job {jobs.main} are done; created Job {jobs.merge} to "
+            + ("check the shard datasets and write their blend list" if spec.keep_shards
+               else "assemble and publish the output"))))
+    return events
 
 
-def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    meta = obj.get("metadata") or {}
-    refs = meta.get("ownerReferences") or ()
-    return any(ref.get("uid") == uid for ref in refs) or (meta.get("labels") or {}).get(builders.LABEL_OWNER_UID) == uid
-
-
-def _job_conflict(res: Resource, ctx: Context, name: str, events: list[Event]) -> Outcome:
-    message = f"Job {name} exists and does not belong to this DatasetPrep; delete or rename it"
-    return Outcome(status=builders.failed_status(res.status, reason="JobConflict", message=message,
-                                                 generation=res.generation, now=ctx.now()),
-                   events=events + [Event("Warning", "JobConflict", message)], error=kopf.PermanentError(message))
+def _job_conflict(res: Resource, ctx: Context, name: str) -> Outcome:
+    message = (f"Job {name} exists and does not belong to this DatasetPrep; delete or rename it, "
+               f"{retry_hint(res.name)}")
+    events = [Event("Warning", "JobConflict", message)] if res.status.message != message else []
+    return Outcome(failed_status(res.status, reason="JobConflict", message=message, generation=res.generation,
+                                 now=ctx.now()),
+                   events=events, error=kopf.PermanentError(message))
 
 
 def _find_job(res: Resource, ctx: Context, seen: Seen, name: str) -> Mapping[str, Any] | None:
-    """The Job as the watch last saw it, else as the API server has it (None: there is none)."""
-    job = seen.job(res.namespace, name)
-    if job is None:
+    return find_job(ctx, seen.job(res.namespace, name), res.namespace, name, named=res.status.job_name == name)
+
+
+def find_job(ctx: Context, watched: Mapping[str, Any] | None, namespace: str, name: str, *,
+             named: bool) -> Mapping[str, Any] | None:
+    """The Job as the watch last saw it (``watched``), or as this operator created it a moment ago; else,
+    if the status names it (``named``: the watch may lag, or it was deleted by hand), as the API server has
+    it. None: there is none -- a Job the status does not name yet is created (a 409 reads it back), so a
+    look that finds the watch up to date costs no request."""
+    job = watched
+    if job is not None:
+        ctx.created_jobs.pop((namespace, name), None)  # the watch has caught up with our create
+    else:
+        created = ctx.created_jobs.get((namespace, name))
+        if created is not None and ctx.clock() - created[0] < CREATED_TRUST_SECONDS:
+            job = created[1]
+    if job is None and named:
         with translate_api_errors(f"reading Job {name}"):
-            job = ctx.kube.get_job(res.namespace, name)
+            job = ctx.kube.get_job(namespace, name)
     return job
 
 
 def _missing_claims(res: Resource, ctx: Context, spec: DatasetPrepSpec) -> list[str]:
     """Claims the Job would mount that do not exist (a pod would sit Pending with no word why)."""
     with translate_api_errors("checking the PersistentVolumeClaims"):
-        return [m.claim for m in builders.claim_mounts(spec) if ctx.kube.get_pvc(res.namespace, m.claim) is None]
+        return [m.claim for m in claim_mounts(spec) if ctx.kube.get_pvc(res.namespace, m.claim) is None]
 
 
-def _create_job(res: Resource, ctx: Context, manifest: dict[str, Any], *, keep: Collection[str],
-                first_stage: bool) -> tuple[Mapping[str, Any], bool]:
-    """Create one of the run's Jobs; for its first, remove unfinished Jobs of older specs beforehand.
+def create_adopted_job(res: Resource, ctx: Context, manifest: dict[str, Any], *,
+                       owned: bool = True) -> tuple[Mapping[str, Any], bool]:
+    """Create a Job (adopted by the resource unless ``owned`` is False); a 409 is read back.
 
     Returns:
-        The Job, and whether this call created it (False: a 409 showed someone else was first).
+        The Job, and whether this call created it (False: someone -- another replica, a retry -- was
+        first; the caller checks whose it is).
     """
-    kopf.adopt(manifest, owner=dict(res.body), nested="spec.template")
+    if owned:
+        kopf.adopt(manifest, owner=dict(res.body), nested="spec.template")
     name = manifest["metadata"]["name"]
-    if first_stage:
-        _delete_superseded_jobs(res, ctx, keep=keep, finished_too=False)
     with translate_api_errors(f"creating Job {name}"):
         try:
-            job = ctx.kube.create_job(res.namespace, manifest)
+            job, created = ctx.kube.create_job(res.namespace, manifest), True
         except Exception as exc:
             if getattr(exc, "status", None) != 409:
                 raise
-            job = ctx.kube.get_job(res.namespace, name)
+            job, created = ctx.kube.get_job(res.namespace, name), False
             if job is None:  # deleted between our create and our read: just try again
                 raise kopf.TemporaryError(f"Job {name} vanished after a create conflict", delay=1) from exc
-            return job, False  # someone (another replica, a retry) was first: the caller checks whose
-    if first_stage:
-        ctx.metrics.run_started()
-    return job, True
+    now = ctx.clock()
+    for old in [k for k, (when, _) in list(ctx.created_jobs.items()) if now - when > CREATED_TRUST_SECONDS]:
+        ctx.created_jobs.pop(old, None)
+    ctx.created_jobs[(res.namespace, name)] = (now, job)
+    return job, created
 
 
-def _delete_superseded_jobs(res: Resource, ctx: Context, *, keep: Collection[str], finished_too: bool) -> None:
-    """Delete this resource's Jobs for older specs: unfinished ones, or all of them once switched over."""
-    with translate_api_errors("listing older Jobs"):
-        jobs = ctx.kube.list_jobs(res.namespace, {builders.LABEL_OWNER_UID: res.uid})
-    for job in jobs:
+def _owned_jobs(res: Resource, ctx: Context, seen: Seen) -> list[Mapping[str, Any]]:
+    """This resource's Jobs: from the Job index (else listed), plus the ones this operator created a
+    moment ago that the watch has not delivered yet -- a spec changed twice in a second must not leave
+    the middle generation's Job running because the index lagged behind our own create."""
+    if seen.jobs_of is not None:
+        jobs = list(seen.jobs_of(res.namespace, res.uid))
+    else:
+        with translate_api_errors("listing older Jobs"):
+            jobs = ctx.kube.list_jobs(res.namespace, {LABEL_OWNER_UID: res.uid})
+    known = {job["metadata"]["name"] for job in jobs}
+    now = ctx.clock()
+    for (namespace, name), (when, job) in list(ctx.created_jobs.items()):
+        if (namespace == res.namespace and name not in known and now - when < CREATED_TRUST_SECONDS
+                and ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_OWNER_UID) == res.uid):
+            jobs.append(job)
+    return jobs
+
+
+def _delete_superseded_jobs(res: Resource, ctx: Context, seen: Seen, *, keep: Collection[str],
+                            finished_too: bool) -> None:
+    """Delete this resource's Jobs of older runs: unfinished ones, or all of them once switched over."""
+    for job in _owned_jobs(res, ctx, seen):
         name = job["metadata"]["name"]
         if name in keep or (job_state(job) == "succeeded" and not finished_too):
             continue
         with translate_api_errors(f"deleting superseded Job {name}"):
             ctx.kube.delete_job(res.namespace, name)
+        ctx.created_jobs.pop((res.namespace, name), None)
 
 
 # --------------------------------------------------------------------------- a run in progress
 
 
-def _running(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs: builders.RunJobs,
-             job: Mapping[str, Any], *, shard_job: Mapping[str, Any] | None, events: list[Event]) -> Outcome:
-    """Status while ``job`` (the only Job, the shards' or the merge) runs, with the pods' progress."""
+def _run_pods(seen: Seen, namespace: str, job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return watched_pods(seen.pods, namespace, job)
+
+
+def watched_pods(pods: Callable[[str, str], "list[Mapping[str, Any]]"], namespace: str,
+                 job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The watched pods of this very Job (a Job of the same name deleted and recreated has other ones)."""
+    uid = (job.get("metadata") or {}).get("uid")
+    return [p for p in pods(namespace, job["metadata"]["name"])
+            if ((p.get("metadata") or {}).get("labels") or {}).get(JOB_UID_LABEL) in (None, uid)]
+
+
+def ended_pods(ctx: Context, watched: list[Mapping[str, Any]], namespace: str, job: Mapping[str, Any], *,
+               succeeded: bool) -> list[Mapping[str, Any]]:
+    """The pods of a Job that ended, from the pod watch when it shows how it ended (a succeeded pod; for a
+    failed Job, a failed pod to blame), else listed (the pod watch has not caught up, or the pods are gone)."""
+    if has_succeeded_pod(watched) if succeeded else culprit(watched) is not None:
+        return watched
+    return job_pods(ctx, namespace, job)
+
+
+def _running(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs: RunJobs,
+             job: Mapping[str, Any], *, shard_job: Mapping[str, Any] | None) -> Outcome:
+    """Status while ``job`` (the only Job, the shards' or the merge) runs: its pods' progress, its
+    attempt, or why its pods cannot start."""
     name = job["metadata"]["name"]
+    status = res.status
+    pods = _run_pods(seen, res.namespace, job)
+    start = ((shard_job or {}).get("status") or {}).get("startTime") or (job.get("status") or {}).get("startTime") \
+        or (status.start_time if status.job_name in jobs.names else None)
+    attempt, last_failure = attempt_failure(job, pods)
+    events: list[Event] = []
+    if attempt > 1 and (status.job_name != name or (status.attempt or 1) < attempt):
+        events.append(Event("Warning", "AttemptFailed", f"Job {name}: attempt {attempt - 1} failed"
+                            + (f": {last_failure}" if last_failure else "") + f"; attempt {attempt} follows"))
+    trouble = _trouble(res, ctx, job, pods)
+    if trouble is not None:
+        message = f"{trouble.message} (Job {name})" if name not in trouble.message else trouble.message
+        desired = blocked_status(status, job=name, reason=trouble.reason, message=message,
+                                 generation=res.generation, now=ctx.now(), start_time=start,
+                                 attempt=attempt, last_failure=last_failure)
+        if status.message != message:
+            events.append(Event("Warning", trouble.reason, message))
+        return Outcome(desired, events=events, requeue=RECHECK_SECONDS)
     shard_status = (shard_job or {}).get("status") or {}
     shards_done = shard_status.get("succeeded") or 0
     if jobs.merge is not None:
-        shards_done = builders.count_indexes(shard_status.get("completedIndexes")) or shards_done
-    reports = [r for r in map(builders.pod_progress, seen.pods(res.namespace, jobs.main)) if r is not None]
-    progress = builders.aggregate_progress(reports, shards_done=shards_done, shards_total=spec.shards,
-                                           pods_active=shard_status.get("active") or 0)
+        shards_done = count_indexes(shard_status.get("completedIndexes")) or shards_done
+    progress, wait = _live_progress(res, ctx, spec, jobs, name, pods, shards_done=shards_done,
+                                    pods_active=shard_status.get("active") or 0)
     message = None
     if name == jobs.merge:
-        if spec.keep_shards:
-            progress.update(shardsDone=spec.shards, summary="listing shards")
-            message = f"Job {name} is checking {spec.shards} shard datasets and writing their blend list"
-        else:
-            progress.update(shardsDone=spec.shards, summary="merging")
-            message = f"Job {name} is assembling the output of {spec.shards} shards"
+        summary = "listing shards" if spec.keep_shards else "merging"
+        progress = progress.model_copy(update={"shards_done": spec.shards, "summary": summary})
+        message = (f"Job {name} is checking {spec.shards} shard datasets and writing their blend list"
+                   if spec.keep_shards else f"Job {name} is assembling the output of {spec.shards} shards")
     elif jobs.merge is not None:
         message = f"Job {name} is running ({shards_done}/{spec.shards} shards)"
-    start = (shard_status.get("startTime") or ((job.get("status") or {}).get("startTime"))
-             or (res.status.get("startTime") if res.status.get("jobName") in jobs.names else None))
-    progress = _throttled(res, ctx, name, progress)
-    return Outcome(status=builders.running_status(res.status, job=name, generation=res.generation, now=ctx.now(),
-                                                  start_time=start, progress=progress, message=message),
-                   events=events)
+    desired = running_status(status, job=name, generation=res.generation, now=ctx.now(), start_time=start,
+                             progress=progress, message=message, attempt=attempt,
+                             last_failure=last_failure)
+    logs = _milestones(status, progress, name) if name == jobs.main else []
+    if status.phase == "Pending" and status.job_name == name:
+        logs.append(f"the pods of Job {name} started: the run is no longer blocked")
+    look = next_look(job, pods, now=ctx.wall())
+    requeue = min((t for t in (wait, look) if t is not None), default=None)
+    return Outcome(desired, events=events, logs=logs, requeue=requeue)
 
 
-def _throttled(res: Resource, ctx: Context, job: str, progress: dict[str, Any]) -> Mapping[str, Any]:
-    """``progress``, or the one already in status if only live figures changed within the interval.
+def _trouble(res: Resource, ctx: Context, job: Mapping[str, Any], pods: list[Mapping[str, Any]]):
+    """Why the Job's pods cannot start, if they cannot (reading events only where the watched state says
+    nothing: the Job's when it has no pod, a few stuck pods' when they wait without a reason)."""
+    now = ctx.wall()
+    image = ((job.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers", [{}])[0].get("image") \
+        or ctx.config.job_image
+    pod_events: dict[str, list[dict[str, Any]]] = {}
+    for pod in pods_needing_events(pods, now=now)[:POD_EVENT_READS]:
+        meta = pod.get("metadata") or {}
+        if meta.get("uid"):
+            with translate_api_errors(f"reading the events of pod {meta.get('name')}"):
+                pod_events[meta.get("name")] = ctx.kube.list_events(res.namespace, meta["uid"])
+    trouble = pod_trouble(pods, now=now, image=image, events=pod_events)
+    if trouble is None and job_needs_events(job, pods, now=now):
+        with translate_api_errors(f"reading the events of Job {job['metadata']['name']}"):
+            events = ctx.kube.list_events(res.namespace, job["metadata"]["uid"])
+        trouble = create_trouble(job, events, service_account=ctx.config.job_service_account,
+                                 namespace=res.namespace, now=now)
+    return trouble
 
-    New states (the first figures, another shard done, another stage) are written at once.
+
+def _milestones(status: DatasetPrepStatus, progress: ProgressStatus, job: str) -> list[str]:
+    """A log line for each milestone the run's progress passed since the status was written."""
+    before = (status.progress.percent if status.progress and status.job_name == job else None) or 0
+    after = progress.percent or 0
+    tokens = f" ({progress.tokens:,} tokens so far)" if progress.tokens else ""
+    return [f"Job {job} is {m}% done{tokens}" for m in MILESTONES if before < m <= after]
+
+
+def _live_progress(res: Resource, ctx: Context, spec: DatasetPrepSpec, jobs: RunJobs, job: str,
+                   pods: list[Mapping[str, Any]], *, shards_done: int,
+                   pods_active: int) -> tuple[ProgressStatus, float | None]:
+    """``status.progress`` while ``job`` runs, from its pods' own records in their logs, and the seconds
+    until the logs are due to be read again (None: the merge stage, which reads none).
+
+    The logs are read only when a status write is due: at every look for a new state (another stage,
+    another shard done, no figures yet), else at most every ``ctx.progress_interval`` seconds; in
+    between, the progress already in status stands. A log line is no watch event, so the returned
+    seconds are the run's next look (``Outcome.requeue``): the figures then go out through the same
+    conditional status write as every other decision. The merge stage reads no logs (the shards are done).
     """
-    current = res.status.get("progress") or {}
+    status = res.status
+    current = status.progress or ProgressStatus()
     now = ctx.clock()
-    last = ctx.progress_written.get(res.uid)
-    figures_only = (res.status.get("phase") == "Running" and res.status.get("jobName") == job
-                    and "bytesTotal" in current and "bytesTotal" in progress
-                    and current.get("shardsDone") == progress.get("shardsDone"))
-    if figures_only and last is not None and now - last < ctx.progress_interval:
-        return current
-    if progress != current:
-        ctx.progress_written[res.uid] = now
-    return progress
+    last = ctx.progress_read.get(res.uid)
+    same_state = (status.phase == "Running" and status.job_name == job and current.shards_done == shards_done
+                  and current.bytes_total is not None)
+    if same_state and last is not None and now - last < ctx.progress_interval:
+        return current, (None if job == jobs.merge else ctx.progress_interval - (now - last))
+    records = [] if job == jobs.merge else ctx.progress_logs.read(ctx.kube, res.namespace, res.uid, pods)
+    ctx.progress_read[res.uid] = now
+    progress = aggregate_progress(records, shards_done=shards_done, shards_total=spec.shards, pods_active=pods_active)
+    return progress, (None if job == jobs.merge else ctx.progress_interval)
 
 
 # --------------------------------------------------------------------------- reuse
 
 
 def _reusable_source(res: Resource, ctx: Context, seen: Seen,
-                     key: str) -> tuple[Mapping[str, Any], builders.JobResult] | None:
+                     key: str) -> tuple[Mapping[str, Any], Published] | None:
     """Another Ready DatasetPrep of the namespace with this reuse key, read back fresh, and its result.
 
     Candidates that ran their own Job come before those that reuse one themselves.
@@ -505,158 +562,161 @@ def _reusable_source(res: Resource, ctx: Context, seen: Seen,
     for cand in candidates:
         with translate_api_errors(f"reading DatasetPrep {cand['name']}"):
             body = ctx.kube.get_datasetprep(res.namespace, cand["name"])
-        if body is None or body["metadata"].get("uid") == res.uid or builders.reusable_key(body) != key:
+        if body is None or body["metadata"].get("uid") == res.uid or ready_output_key(body) != key:
             continue  # gone, or changed since the watch saw it
-        result = builders.reused_result(body)
-        if result is not None and result.outputs:
+        result = reused_result(body)
+        if result is not None:
             return body, result
     return None
 
 
-def _reuse(res: Resource, ctx: Context, spec: DatasetPrepSpec, source: Mapping[str, Any],
-           result: builders.JobResult) -> Outcome:
+def _reuse(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, source: Mapping[str, Any],
+           result: Published) -> Outcome:
     """Point at ``source``'s output: the training ConfigMap, then Ready with reason ``Reused``; no Job."""
-    origin = ((source.get("status") or {}).get("output") or {}).get("reusedFrom") or source["metadata"]["name"]
-    cm_name, conflict = _publish(res, ctx, spec, result, keep=(), job=None)
+    source_output = read_status(source.get("status")).output
+    origin = (source_output.reused_from if source_output else None) or source["metadata"]["name"]
+    cm_name, conflict = _publish(res, ctx, seen, spec, result, keep=(), job=None)
     if conflict is not None:
         return conflict
-    status = builders.succeeded_status(res.status, spec, result, job=None, config_map=cm_name,
-                                       generation=res.generation, now=ctx.now(), completion_time=None,
-                                       reused_from=origin)
-    event = Event("Normal", "Reused", f"{status['message']}; ConfigMap {cm_name} written")
-    return Outcome(status=status, events=[event])
+    status = succeeded_status(res.status, spec, result, job=None, config_map=cm_name, generation=res.generation,
+                              now=ctx.now(), completion_time=None, reused_from=origin)
+    return Outcome(status, events=[Event("Normal", "Reused", f"{status.message}; ConfigMap {cm_name} written")])
 
 
 # --------------------------------------------------------------------------- a run that ended
 
 
-def _pods(ctx: Context, namespace: str, job: Mapping[str, Any]) -> list[dict[str, Any]]:
+def job_pods(ctx: Context, namespace: str, job: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A Job's pods, as the API server has them."""
     meta = job["metadata"]
     with translate_api_errors(f"listing the pods of Job {meta['name']}"):
         return ctx.kube.list_pods(namespace, {JOB_UID_LABEL: meta["uid"]})
 
 
-def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or ():
-        if cs.get("name") == builders.CONTAINER_NAME:
-            return (cs.get("state") or {}).get("terminated") or {}
-    return {}
-
-
-def _finish_key(pod: Mapping[str, Any]) -> str:
-    return _terminated(pod).get("finishedAt") or (pod.get("metadata") or {}).get("creationTimestamp") or ""
-
-
-def _culprit_key(pod: Mapping[str, Any]) -> tuple[bool, bool, str]:
-    """Order failed pods by how much their failure says: the job's own error first, then a plain
-    non-zero exit, then a pod killed by a signal (e.g. a shard stopped because another one failed)."""
-    term = _terminated(pod)
-    try:
-        doc = json.loads(term.get("message") or "")
-    except ValueError:
-        doc = None
-    own_error = isinstance(doc, dict) and doc.get("ok") is False
-    return own_error, (term.get("exitCode") or 0) < 128, _finish_key(pod)
-
-
-def _job_error(res: Resource, ctx: Context, job: Mapping[str, Any], pods: list[dict[str, Any]]) -> str | None:
-    """Why a failed Job failed: its most telling failed pod's own error (termination message, else
-    log tail), else the Job's Failed condition."""
-    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+def job_error(res: Resource, ctx: Context, job: Mapping[str, Any], pods: list[Mapping[str, Any]]) -> str | None:
+    """Why a failed Job failed: the node's reason if it stopped the most telling failed pod (memory,
+    eviction, the init container) -- or any pod, when that one said nothing of its own --, else that
+    pod's own error (termination message, else log tail), else the Job's Failed condition."""
+    pod = culprit(pods)
     error = None
-    if failed:
-        pod = max(failed, key=_culprit_key)
-        message = _terminated(pod).get("message")
+    killed = killed_by_the_node(pod) if pod is not None else None
+    if killed is None and not (pod is not None and said_its_own_error(pod)):
+        killed = next(filter(None, map(killed_by_the_node, pods)), None)
+    if killed is not None:
+        return killed
+    if pod is not None:
+        message = terminated(pod).get("message")
         fallback = None
         if not (message or "").strip():
             fallback = ctx.kube.pod_log_tail(res.namespace, pod["metadata"]["name"], ctx.config.log_tail_lines)
-        error = builders.parse_termination_message(message, fallback=fallback).error
-    if not error:
-        conds = [c for c in (job.get("status") or {}).get("conditions") or () if c.get("type") == "Failed"]
-        error = "; ".join(filter(None, [conds[0].get("reason"), conds[0].get("message")])) if conds else None
-    return error
+        result = read_result(message, fallback=fallback)
+        error = result.error if isinstance(result, Failed) else None
+    return error or failure_reason(job)
 
 
-def _last_report(pods: list[dict[str, Any]]) -> str | None:
-    """The termination message of the Job's last succeeded pod (its result), if any."""
-    done = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"]
-    return _terminated(max(done, key=_finish_key)).get("message") if done else None
-
-
-def _job_failed(res: Resource, ctx: Context, job: Mapping[str, Any], name: str, events: list[Event]) -> Outcome:
+def _job_failed(res: Resource, ctx: Context, seen: Seen, job: Mapping[str, Any], name: str) -> Outcome:
     """The Job gave up: report the job's own error message (termination message, else log tail)."""
-    error = _job_error(res, ctx, job, _pods(ctx, res.namespace, job))
-    message = f"Job {name} failed: {error or 'no reason given'}"
-    ctx.metrics.run_failed()
-    return Outcome(
-        status=builders.failed_status(res.status, reason="JobFailed", message=message,
-                                      generation=res.generation, now=ctx.now(), job=name),
-        events=events + [Event("Warning", "JobFailed", message)],
-    )
+    pods = ended_pods(ctx, _run_pods(seen, res.namespace, job), res.namespace, job, succeeded=False)
+    error = job_error(res, ctx, job, pods)
+    message = f"Job {name} failed: {error or 'no reason given'}; fix the cause, {retry_hint(res.name)}"
+    return Outcome(failed_status(res.status, reason="JobFailed", message=message, generation=res.generation,
+                                 now=ctx.now(), job=name),
+                   events=[Event("Warning", "JobFailed", message)], counts=[("run_failed", None)])
 
 
-def _job_succeeded(res: Resource, ctx: Context, spec: DatasetPrepSpec, job: Mapping[str, Any], name: str,
-                   events: list[Event], *, keep: Collection[str]) -> Outcome:
+def _job_succeeded(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, job: Mapping[str, Any],
+                   name: str, *, keep: Collection[str]) -> Outcome:
     """The Job that publishes completed: read its report, publish the training ConfigMap, then declare Ready."""
-    pods = _pods(ctx, res.namespace, job)
-    if not any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods):
-        # The Job says Complete but its pods are gone (deleted by hand, or pod GC): the result is lost.
-        result = builders.JobResult(ok=False, error="its pods are gone, so its result cannot be read")
-    else:
-        result = builders.parse_termination_message(_last_report(pods))
-    if not result.ok:
-        message = f"Job {name} completed but its result is unusable: {result.error}"
-        ctx.metrics.run_failed()
-        return Outcome(status=builders.failed_status(res.status, reason="ResultUnreadable", message=message,
-                                                     generation=res.generation, now=ctx.now(), job=name),
-                       events=events + [Event("Warning", "ResultUnreadable", message)])
+    pods = ended_pods(ctx, _run_pods(seen, res.namespace, job), res.namespace, job, succeeded=True)
+    result: JobResult
+    if has_succeeded_pod(pods):
+        result = last_result(pods)
+    else:  # the Job says Complete but its pods are gone (deleted by hand, or pod GC): the result is lost
+        result = Failed(error="its pods are gone, so its result cannot be read")
+    if not isinstance(result, Published):
+        error = result.error if isinstance(result, Failed) else f"it reported {type(result).__name__}, not a dataset"
+        message = f"Job {name} completed but its result is unusable: {error}; {retry_hint(res.name)}"
+        return Outcome(failed_status(res.status, reason="ResultUnreadable", message=message,
+                                     generation=res.generation, now=ctx.now(), job=name),
+                       events=[Event("Warning", "ResultUnreadable", message)], counts=[("run_failed", None)])
 
-    cm_name, conflict = _publish(res, ctx, spec, result, keep=keep, job=name)
+    lost = _claim_lost(res, ctx, spec, name)
+    if lost is not None:
+        return lost
+    cm_name, conflict = _publish(res, ctx, seen, spec, result, keep=keep, job=name)
     if conflict is not None:
-        conflict.events[:0] = events
         return conflict
     completion = (job.get("status") or {}).get("completionTime")
-    status = builders.succeeded_status(res.status, spec, result, job=name, config_map=cm_name,
-                                       generation=res.generation, now=ctx.now(), completion_time=completion)
-    ctx.metrics.run_succeeded(status["output"].get("tokens"))
-    events.append(Event("Normal", "Succeeded", f"{status['message']}; ConfigMap {cm_name} written"))
-    return Outcome(status=status, events=events)
+    status = succeeded_status(res.status, spec, result, job=name, config_map=cm_name, generation=res.generation,
+                              now=ctx.now(), completion_time=completion)
+    tokens = status.output.tokens if status.output else None
+    return Outcome(status, events=[Event("Normal", "Succeeded", f"{status.message}; ConfigMap {cm_name} written")],
+                   counts=[("run_succeeded", tokens)])
 
 
-def _publish(res: Resource, ctx: Context, spec: DatasetPrepSpec, result: builders.JobResult, *,
+def _claim_lost(res: Resource, ctx: Context, spec: DatasetPrepSpec, job: str) -> Outcome | None:
+    """Stalled if the output claim was deleted during the run: the files go with its volume, and a
+    ConfigMap pointing at them would send training to a claim that is no more. (A claim in use is only
+    marked for deletion -- the pod keeps it -- so the run itself finishes first.) The Job is deleted, so
+    that its pod no longer holds the claim."""
+    claim = spec.output.claim_name
+    with translate_api_errors(f"reading PersistentVolumeClaim {claim}"):
+        pvc = ctx.kube.get_pvc(res.namespace, claim)
+    if pvc is not None and not pvc["metadata"].get("deletionTimestamp"):
+        return None
+    message = (f"PersistentVolumeClaim {claim} was deleted while Job {job} ran; its output goes with the volume, "
+               "so nothing was published. Recreate the claim, then change the spec (or recreate the DatasetPrep) "
+               "to run again")
+    with translate_api_errors(f"deleting Job {job}"):  # its finished pod would hold the claim in Terminating
+        ctx.kube.delete_job(res.namespace, job)
+    return Outcome(failed_status(res.status, reason="ClaimDeleted", message=message, generation=res.generation,
+                                 now=ctx.now(), job=job),
+                   events=[Event("Warning", "ClaimDeleted", message)], counts=[("run_failed", None)])
+
+
+def _publish(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, result: Published, *,
              keep: Collection[str], job: str | None) -> tuple[str, Outcome | None]:
     """Switch over to ``result``: write the training ConfigMap, drop a renamed old one and older Jobs.
 
     Returns:
         The ConfigMap's name, and a Stalled outcome if a foreign ConfigMap is in the way.
     """
-    cm_name = builders.config_map_name(res.name, spec)
-    conflict = _publish_config_map(res, ctx, cm_name, builders.training_config_data(spec, result))
+    cm_name = config_map_name(res.name, spec)
+    conflict = publish_config_map(res, ctx, cm_name, training_config_data(spec, result))
     if conflict:
-        return cm_name, Outcome(status=builders.failed_status(res.status, reason="ConfigMapConflict",
-                                                              message=conflict, generation=res.generation,
-                                                              now=ctx.now(), job=job),
-                                events=[Event("Warning", "ConfigMapConflict", conflict)],
-                                error=kopf.PermanentError(conflict))
-    old_cm = res.status.get("configMapName")
+        conflict = f"{conflict}; {retry_hint(res.name)}"
+        events = [Event("Warning", "ConfigMapConflict", conflict)] if res.status.message != conflict else []
+        return cm_name, Outcome(failed_status(res.status, reason="ConfigMapConflict", message=conflict,
+                                              generation=res.generation, now=ctx.now(), job=job),
+                                events=events, error=kopf.PermanentError(conflict))
+    old_cm = res.status.config_map_name
     if old_cm and old_cm != cm_name:
-        _delete_own_config_map(res, ctx, old_cm)
-    _delete_superseded_jobs(res, ctx, keep=keep, finished_too=True)
+        delete_own_config_map(res, ctx, old_cm)
+    _delete_superseded_jobs(res, ctx, seen, keep=keep, finished_too=True)
     return cm_name, None
 
 
-def _publish_config_map(res: Resource, ctx: Context, name: str, data: Mapping[str, str]) -> str | None:
-    """Create or update the training ConfigMap; returns a message if a foreign one is in the way."""
-    manifest = builders.build_config_map(name, res.namespace, res.uid, data)
+def publish_config_map(res: Resource, ctx: Context, name: str, data: Mapping[str, str]) -> str | None:
+    """Create or update the training ConfigMap (of a DatasetPrep or a DatasetBlend); returns a message if
+    a foreign one is in the way.
+
+    Created first (one request when there is none, the usual case); only a 409 reads the one there.
+    """
+    manifest = build_config_map(name, res.namespace, res.uid, data)
     kopf.adopt(manifest, owner=dict(res.body))
     with translate_api_errors(f"writing ConfigMap {name}"):
-        existing = ctx.kube.get_config_map(res.namespace, name)
-        if existing is None:
+        try:
             ctx.kube.create_config_map(res.namespace, manifest)
             return None
-        if not _owned_by(existing, res.uid):
-            return f"ConfigMap {name} exists and does not belong to this DatasetPrep; delete it or set " \
-                   f"spec.trainingConfig.configMapName"
+        except Exception as exc:
+            if getattr(exc, "status", None) != 409:
+                raise
+        existing = ctx.kube.get_config_map(res.namespace, name)
+        if existing is None:
+            raise kopf.TemporaryError(f"ConfigMap {name} vanished after a create conflict", delay=1)
+        if not owned_by(existing, res.uid):
+            return f"ConfigMap {name} exists and does not belong to this {res.body.get('kind') or 'DatasetPrep'}; " \
+                   f"delete it or set spec.trainingConfig.configMapName"
         if existing.get("data") == manifest["data"]:
             return None
         manifest["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
@@ -664,30 +724,8 @@ def _publish_config_map(res: Resource, ctx: Context, name: str, data: Mapping[st
     return None
 
 
-def _delete_own_config_map(res: Resource, ctx: Context, name: str) -> None:
+def delete_own_config_map(res: Resource, ctx: Context, name: str) -> None:
     with translate_api_errors(f"deleting the previous ConfigMap {name}"):
         existing = ctx.kube.get_config_map(res.namespace, name)
-        if existing is not None and _owned_by(existing, res.uid):
+        if existing is not None and owned_by(existing, res.uid):
             ctx.kube.delete_config_map(res.namespace, name)
-
-
-def status_changes(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch turning ``current`` into ``desired`` for the keys ``desired`` names.
-
-    Objects are diffed key by key (a key that disappeared becomes None, which deletes it); lists and
-    scalars are replaced whole. An empty result means nothing to write.
-    """
-    patch: dict[str, Any] = {}
-    for key, value in desired.items():
-        old = current.get(key)
-        if value is None:
-            if old is not None:
-                patch[key] = None
-        elif isinstance(value, Mapping) and isinstance(old, Mapping):
-            sub = status_changes(old, value)
-            sub.update({k: None for k, v in old.items() if k not in value and v is not None})
-            if sub:
-                patch[key] = sub
-        elif old != value:
-            patch[key] = value
-    return patch

@@ -133,3 +133,13 @@ Name of the metrics Service (a DNS-1035 label: at most 63 characters).
 {{- define "datasetprep.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "datasetprep.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/*
+Labels the operator puts on every job pod (operator/datasetprep_operator/naming.py,
+child_labels): what the job pods' NetworkPolicy selects. tests/test_chart.py checks that a Job
+the operator builds matches them.
+*/}}
+{{- define "datasetprep.jobPodLabels" -}}
+app.kubernetes.io/name: datasetprep
+app.kubernetes.io/managed-by: datasetprep-operator
+{{- end }}

@@ -2,22 +2,27 @@
 
 Public API (stable; see ``docs/hub.md``)::
 
-    HubError, HubAuthError, HubNotFoundError, HubUnavailableError, HubOfflineError
-    RetryPolicy, set_default_retry_policy(policy)
+    HubError, HubAuthError, HubNotFoundError, HubUnavailableError (HubUnreachableError), HubOfflineError
+    RetryPolicy, HubSettings (endpoint, offline, cache_dir, retry; HubSettings.from_env())
     RemoteFile, ResolvedDataset, PreflightResult
-    resolve_dataset(src, token, endpoint=None, *, cache_dir=None, retry=None) -> ResolvedDataset
-    download_dataset(resolved, cache_dir, token, *, endpoint=None, retry=None, max_workers=4) -> list[Path]
+    resolve_dataset(src, token, endpoint=None, *, cache_dir=None, retry=None, hub=None) -> ResolvedDataset
+    download_dataset(resolved, cache_dir, token, *, endpoint=None, retry=None, max_workers=4, hub=None) -> list[Path]
     dataset_cache_dir(cache_dir, resolved) -> Path
     iter_streaming_records(resolved, token, *, endpoint=None, retry=None, files=None,
-                           batch_size=1024, columns=None) -> Iterator[dict]
-    fetch_tokenizer(src, dest_dir, token, *, endpoint=None, retry=None) -> tuple[Path, str]
+                           batch_size=1024, columns=None, hub=None) -> Iterator[dict]
+    fetch_tokenizer(src, dest_dir, token, *, endpoint=None, retry=None, hub=None) -> tuple[Path, str]
     preflight(spec=None, token=None, *, dataset=None, tokenizer=None, endpoint=None, retry=None,
-              cache_dir=None, tokenizer_dir=None) -> PreflightResult
+              cache_dir=None, tokenizer_dir=None, hub=None) -> PreflightResult
     token_from_env(environ=None) -> str | None
     RedactTokenFilter(token), install_token_redaction(token, logger=None)
     is_offline() -> bool
 
 Design notes:
+
+* Settings (endpoint, offline mode, resolution cache, retry policy) are a :class:`HubSettings`, made
+  once from the environment by the caller (the job's entry point) and passed as ``hub=``; ``endpoint``
+  and ``retry`` given to one call take precedence. Without ``hub`` a call reads the environment
+  (``HubSettings.from_env``) itself, which is what library users of this package expect.
 
 * Every HTTP call is a single attempt made with ``huggingface_hub``'s own client, URL builders and
   ``hf_raise_for_status`` (so errors are its typed errors: ``GatedRepoError``,
@@ -42,8 +47,8 @@ from __future__ import annotations
 
 from .client import (  # noqa: F401
     DEFAULT_ENDPOINT, PARQUET_EXPORT_REVISION, TOKENIZER_FILES, TOKENIZER_EXTRAS, HubError, HubAuthError,
-    HubNotFoundError, HubUnavailableError, HubOfflineError, auth_message, NOT_FOUND_DATASET,
-    NOT_FOUND_TOKENIZER, RetryPolicy, set_default_retry_policy, token_from_env, RedactTokenFilter,
+    HubNotFoundError, HubUnavailableError, HubUnreachableError, HubOfflineError, auth_message, NOT_FOUND_DATASET,
+    NOT_FOUND_TOKENIZER, RetryPolicy, HubSettings, token_from_env, RedactTokenFilter,
     install_token_redaction, is_offline, RemoteFile,
 )
 from .layout import (  # noqa: F401
@@ -64,8 +69,8 @@ from .preflight import (  # noqa: F401
 
 __all__ = [
     'DEFAULT_ENDPOINT', 'PARQUET_EXPORT_REVISION', 'TOKENIZER_FILES', 'TOKENIZER_EXTRAS', 'HubError',
-    'HubAuthError', 'HubNotFoundError', 'HubUnavailableError', 'HubOfflineError', 'auth_message',
-    'NOT_FOUND_DATASET', 'NOT_FOUND_TOKENIZER', 'RetryPolicy', 'set_default_retry_policy', 'token_from_env',
+    'HubAuthError', 'HubNotFoundError', 'HubUnavailableError', 'HubUnreachableError', 'HubOfflineError', 'auth_message',
+    'NOT_FOUND_DATASET', 'NOT_FOUND_TOKENIZER', 'RetryPolicy', 'HubSettings', 'token_from_env',
     'RedactTokenFilter', 'install_token_redaction', 'is_offline', 'RemoteFile', 'ResolvedDataset',
     'glob_to_regex', 'match_files', 'infer_split_patterns', 'resolve_dataset', 'dataset_cache_dir',
     'download_dataset', 'iter_streaming_records', 'fetch_tokenizer', 'PreflightResult', 'preflight',

@@ -1,5 +1,5 @@
-"""HTTP to the Hub: typed errors, retries with backoff, the token (environment, redaction),
-offline mode, and the one-attempt client ``_Hub`` over ``huggingface_hub``."""
+"""HTTP to the Hub: typed errors, the settings (endpoint, offline mode, retries with backoff), the
+token (environment, redaction), and the one-attempt client ``_Hub`` over ``huggingface_hub``."""
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +17,6 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 from .. import __version__
-
-
-log = logging.getLogger("datasetprep.hub")
 
 log = logging.getLogger("datasetprep.hub")
 
@@ -51,6 +48,11 @@ class HubNotFoundError(HubError):
 
 class HubUnavailableError(HubError):
     """Transient errors (5xx, 429, timeouts, connection resets) persisted through all retries."""
+
+
+class HubUnreachableError(HubUnavailableError):
+    """No connection to the Hub at all (DNS, refused, no route, connect timeout, untrusted TLS, proxy)
+    through all retries: more often a cluster's egress than the Hub."""
 
 
 class HubOfflineError(HubError):
@@ -130,17 +132,49 @@ class RetryPolicy:
         return cls(**kw)
 
 
-_default_retry: RetryPolicy | None = None
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
-def set_default_retry_policy(policy: RetryPolicy | None) -> None:
-    """Set the policy used when a call passes ``retry=None`` (None: back to :meth:`RetryPolicy.from_env`)."""
-    global _default_retry
-    _default_retry = policy
+@dataclasses.dataclass(frozen=True)
+class HubSettings:
+    """Where the Hub is and how to talk to it; read from the environment once (:meth:`from_env`, at
+    the entry point) and passed down as ``hub=`` to every function of this package."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    """``HF_ENDPOINT``: the Hub, or a mirror of it."""
+    offline: bool = False
+    """``HF_HUB_OFFLINE`` (or ``HF_DATASETS_OFFLINE`` / ``TRANSFORMERS_OFFLINE``): use the cache only."""
+    cache_dir: Path | None = None
+    """``DATASETPREP_HUB_CACHE``: the resolution cache when a call names none (the job passes its volume's)."""
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    """``DATASETPREP_HUB_MAX_ATTEMPTS``, ``..._BASE_DELAY``, ``..._MAX_DELAY``, ``..._TOTAL_TIMEOUT``,
+    ``..._HTTP_TIMEOUT``."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "HubSettings":
+        env = os.environ if environ is None else environ
+        cache = (env.get("DATASETPREP_HUB_CACHE") or "").strip()
+        return cls(endpoint=((env.get("HF_ENDPOINT") or "").strip() or DEFAULT_ENDPOINT).rstrip("/"),
+                   offline=_offline(env), cache_dir=Path(cache) if cache else None, retry=RetryPolicy.from_env(env))
+
+    @classmethod
+    def resolve(cls, hub: "HubSettings | None", *, endpoint: str | None = None,
+                retry: RetryPolicy | None = None) -> "HubSettings":
+        """``hub`` (default: :meth:`from_env`, for callers of the library that pass none), with an
+        ``endpoint`` or ``retry`` given to one call taking precedence."""
+        base = hub if hub is not None else cls.from_env()
+        return dataclasses.replace(base, endpoint=(endpoint or base.endpoint).rstrip("/"), retry=retry or base.retry)
 
 
-def _policy(retry: RetryPolicy | None) -> RetryPolicy:
-    return retry or _default_retry or RetryPolicy.from_env()
+def _offline(env: Mapping[str, str]) -> bool:
+    if any((env.get(name) or "").strip().upper() in ("1", "ON", "YES", "TRUE") for name in _OFFLINE_VARIABLES):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)  # set by huggingface_hub from the environment at import
+    except ImportError:  # pragma: no cover - a dependency
+        return False
 
 
 class _Transient(Exception):
@@ -265,9 +299,68 @@ def _translate(exc: BaseException, ctx: _Ctx) -> HubError:
     return HubError(_redact(msg, ctx.token))
 
 
-def _retrying(fn: Callable[[], T], ctx: _Ctx, retry: RetryPolicy | None) -> T:
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes, outermost first."""
+    out: list[BaseException] = []
+    while exc is not None and exc not in out and len(out) < 10:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return out
+
+
+def _unreachable(exc: BaseException, endpoint: str) -> str | None:
+    """Why no connection could be made to ``endpoint``, or None when the failure came later (an HTTP
+    status, a reset or a read timeout after connecting: the Hub's side)."""
+    import errno
+    import socket
+    import ssl
+
+    import httpx2
+
+    chain = _chain(exc)
+    host = urlsplit(endpoint).hostname or endpoint
+    for e in chain:
+        if isinstance(e, socket.gaierror):
+            return f"the name {host} does not resolve (DNS: {e.strerror or e})"
+        if isinstance(e, ConnectionRefusedError):
+            return f"{host} refused the connection"
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return (f"the TLS certificate of {host} is not trusted ({e.verify_message or e}); a proxy that inspects TLS "
+                    "needs its CA in the job image")
+        if isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return f"no route to {host} ({e.strerror})"
+    if any(isinstance(e, httpx2.ProxyError) for e in chain):
+        return f"the proxy refused or failed the connection ({exc})"
+    if any(isinstance(e, httpx2.ConnectTimeout) for e in chain):
+        return f"no answer from {host} while connecting (traffic dropped by a firewall or NetworkPolicy?)"
+    if any(isinstance(e, httpx2.ConnectError) for e in chain):
+        return f"cannot connect to {host} ({exc})"
+    return None
+
+
+def _gave_up_message(exc: BaseException, ctx: _Ctx, attempt: int, elapsed: float) -> HubUnavailableError:
+    """The final error after the retries: the cluster cannot reach the Hub, or the Hub kept failing."""
+    where = f"({ctx.what}, {_kind(ctx.repo_type)} repo {ctx.repo}) after {attempt} attempt(s) in {elapsed:.1f}s"
+    cause = _unreachable(exc, ctx.endpoint)
+    if cause is not None:
+        scheme, host, port = _origin(ctx.endpoint)
+        which = " (the default)" if ctx.endpoint == DEFAULT_ENDPOINT else ""
+        msg = (f"cannot reach the Hub at {ctx.endpoint} {where}: {cause}. Check that the job pods may connect to "
+               f"{host}:{port} (egress firewall; NetworkPolicy: the chart's networkPolicy.jobs.hubPorts), that "
+               f"HF_ENDPOINT is right (it is {ctx.endpoint}{which}), and the proxy settings (HTTPS_PROXY, NO_PROXY; "
+               "on Kubernetes in the operator's DATASETPREP_JOB_ENV)")
+        return HubUnreachableError(_redact(msg, ctx.token))
+    last = _describe(exc)
+    msg = (f"the Hub at {ctx.endpoint} kept failing {where}; last error: {last}. This is usually temporary (a Hub "
+           "outage or rate limit): retry later (files already downloaded are kept), or raise "
+           "DATASETPREP_HUB_MAX_ATTEMPTS / DATASETPREP_HUB_TOTAL_TIMEOUT")
+    if last == "HTTP 429":
+        msg += "; HTTP 429 is the Hub's rate limit: use a token (spec.hfTokenSecretRef) or run fewer jobs at once"
+    return HubUnavailableError(_redact(msg, ctx.token))
+
+
+def _retrying(fn: Callable[[], T], ctx: _Ctx, policy: RetryPolicy) -> T:
     """Run ``fn`` with the retry policy; translate the final failure into a :class:`HubError`."""
-    policy = _policy(retry)
     start = time.monotonic()
     attempt = 0
     waited = 0.0
@@ -284,11 +377,7 @@ def _retrying(fn: Callable[[], T], ctx: _Ctx, retry: RetryPolicy | None) -> T:
             elapsed = max(time.monotonic() - start, waited)
             delay = policy.delay(attempt, retry_after)
             if attempt >= policy.max_attempts or elapsed + delay > policy.total_timeout:
-                msg = (f"the Hub at {ctx.endpoint} did not answer ({ctx.what}, {_kind(ctx.repo_type)} repo "
-                       f"{ctx.repo}) after {attempt} attempt(s) in {elapsed:.1f}s; last error: {_describe(exc)}. "
-                       "This is usually temporary (Hub outage, rate limit, network): retry later, or raise "
-                       "DATASETPREP_HUB_MAX_ATTEMPTS / DATASETPREP_HUB_TOTAL_TIMEOUT")
-                raise HubUnavailableError(_redact(msg, ctx.token)) from exc
+                raise _gave_up_message(exc, ctx, attempt, elapsed) from exc
             log.warning("%s (%s repo %s): transient error (%s); retry %d of %d in %.2fs", ctx.what,
                         _kind(ctx.repo_type), ctx.repo, _describe(exc), attempt, policy.max_attempts - 1, delay)
             policy.sleep(delay)
@@ -361,20 +450,8 @@ def install_token_redaction(token: str | None, logger: logging.Logger | None = N
 
 
 def is_offline() -> bool:
-    """``HF_HUB_OFFLINE`` (or ``HF_DATASETS_OFFLINE`` / ``TRANSFORMERS_OFFLINE``) is set, read at call time."""
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if (os.environ.get(name) or "").strip().upper() in ("1", "ON", "YES", "TRUE"):
-            return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover
-        return False
-
-
-def _endpoint(endpoint: str | None) -> str:
-    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    """``HF_HUB_OFFLINE`` (or ``HF_DATASETS_OFFLINE`` / ``TRANSFORMERS_OFFLINE``) is set, read now."""
+    return HubSettings.from_env().offline
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -428,10 +505,11 @@ def _closing(resp):
 class _Hub:
     """Single-attempt HTTP calls against one endpoint with one token (retries: see _retrying)."""
 
-    def __init__(self, endpoint: str | None, token: str | None, retry: RetryPolicy | None) -> None:
-        self.endpoint = _endpoint(endpoint)
+    def __init__(self, settings: HubSettings, token: str | None) -> None:
+        self.settings = settings
+        self.endpoint = settings.endpoint
         self.token = token or None
-        self.retry = _policy(retry)
+        self.retry = settings.retry
         self._api = None
 
     @property
@@ -460,7 +538,7 @@ class _Hub:
         return _Ctx(repo, repo_type, self.endpoint, self.token, what, revision, path)
 
     def call(self, fn: Callable[[], T], ctx: _Ctx) -> T:
-        if is_offline():
+        if self.settings.offline:
             from huggingface_hub.errors import OfflineModeIsEnabled
 
             raise _translate(OfflineModeIsEnabled("offline"), ctx)

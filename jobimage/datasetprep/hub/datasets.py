@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 from ..spec import HubDatasetSource
 from .client import (
-    PARQUET_EXPORT_REVISION, HubError, HubNotFoundError, HubOfflineError, RemoteFile, RetryPolicy, _Hub, _SHA_RE,
-    _closing, _file_url, _format_of, is_offline,
+    PARQUET_EXPORT_REVISION, HubError, HubNotFoundError, HubOfflineError, HubSettings, RemoteFile, RetryPolicy, _Hub,
+    _SHA_RE, _closing, _file_url, _format_of,
 )
 from .layout import ResolvedDataset, _configs, _plan_from_export, _plan_from_listing
 
@@ -75,17 +75,63 @@ def _record_path(cache_dir: Path, src_repo: str, revision_sha: str, key: str) ->
     return _repo_dir(cache_dir, "dataset", src_repo) / "resolved" / revision_sha / f"{key}.json"
 
 
-def _cache_root() -> Path | None:
-    v = os.environ.get("DATASETPREP_HUB_CACHE")
-    return Path(v) if v else None
-
-
 def _complete(path: Path, rf: RemoteFile) -> bool:
+    """A cached file is complete when it has the size the Hub lists and, where the Hub lists a hash
+    (LFS sha256, git blob sha1), that hash.  The hash is checked once and remembered in a stamp next
+    to the file, keyed by size, mtime, ctime and inode: later runs only ``stat`` it, and a file
+    changed since (ctime cannot be set back) is hashed again, and downloaded again if it no longer
+    matches."""
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError:
         return False
-    return rf.size is None or size == rf.size
+    if rf.size is not None and st.st_size != rf.size:
+        return False
+    if not (rf.sha256 or rf.blob_id):
+        return True
+    try:
+        if json.loads(_stamp_path(path).read_text()) == _stamp(st, rf):
+            return True
+    except (OSError, ValueError):
+        pass
+    if not _hash_matches(path, rf, st.st_size):
+        log.warning("cached %s does not match the hash the Hub lists for %s: downloading it again", path, rf.path)
+        return False
+    _remember_verified(path, rf)
+    return True
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified")
+
+
+def _stamp(st: os.stat_result, rf: RemoteFile) -> dict:
+    return {"stat": [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino], "sha256": rf.sha256,
+            "blob_id": rf.blob_id}
+
+
+def _hash_matches(path: Path, rf: RemoteFile, size: int) -> bool:
+    h256 = hashlib.sha256() if rf.sha256 else None
+    h1 = hashlib.sha1(b"blob %d\0" % size) if rf.blob_id else None
+    try:
+        with open(path, "rb") as f:
+            for blk in iter(lambda: f.read(1 << 20), b""):
+                for h in (h256, h1):
+                    if h is not None:
+                        h.update(blk)
+    except OSError:
+        return False
+    return (h256 is None or h256.hexdigest() == rf.sha256) and (h1 is None or h1.hexdigest() == rf.blob_id)
+
+
+def _remember_verified(path: Path, rf: RemoteFile) -> None:
+    """Record that ``path`` (as it is now) was verified against ``rf``'s hash (see :func:`_complete`)."""
+    if not (rf.sha256 or rf.blob_id):
+        return
+    try:
+        _write_atomic(_stamp_path(path), json.dumps(_stamp(path.stat(), rf)))
+    except OSError as e:  # a read-only cache: the file is just hashed again next time
+        log.warning("could not record the verification of %s: %s", path, e)
 
 
 def _cached_resolution(src: HubDatasetSource, cache_dir: Path | None) -> ResolvedDataset | None:
@@ -145,7 +191,8 @@ def _card_of(hub: _Hub, info: Any, repo: str, sha: str, names: set[str]) -> dict
 
 
 def resolve_dataset(src: HubDatasetSource, token: str | None, endpoint: str | None = None, *,
-                    cache_dir: Path | str | None = None, retry: RetryPolicy | None = None) -> ResolvedDataset:
+                    cache_dir: Path | str | None = None, retry: RetryPolicy | None = None,
+                    hub: HubSettings | None = None) -> ResolvedDataset:
     """Pin ``src`` to a commit and list the data files of its (subset, split).
 
     Order: explicit ``dataFiles`` globs; else the README's ``configs:`` (as ``datasets`` reads them);
@@ -153,41 +200,43 @@ def resolve_dataset(src: HubDatasetSource, token: str | None, endpoint: str | No
     a top-level folder named as the subset); if the files found are not Parquet / JSON Lines (CSV,
     a loading script, …) the Hub's Parquet export (``refs/convert/parquet``) is used instead.
 
-    With ``cache_dir`` (default: env ``DATASETPREP_HUB_CACHE``) the result is recorded there and
+    With ``cache_dir`` (default: ``hub.cache_dir``) the result is recorded there and
     replayed without network in offline mode, or when ``revision`` is a commit sha already resolved.
     Raises :class:`HubNotFoundError` (listing the available subsets and splits),
     :class:`HubAuthError`, :class:`HubUnavailableError`, :class:`HubOfflineError`.
     """
-    cache = Path(cache_dir) if cache_dir is not None else _cache_root()
-    hub = _Hub(endpoint, token, retry)
-    if is_offline() or _SHA_RE.fullmatch(src.revision):
+    settings = HubSettings.resolve(hub, endpoint=endpoint, retry=retry)
+    cache = Path(cache_dir) if cache_dir is not None else settings.cache_dir
+    offline = settings.offline
+    hub_ = _Hub(settings, token)
+    if offline or _SHA_RE.fullmatch(src.revision):
         cached = _cached_resolution(src, cache)
         if cached is not None:
             log.info("dataset %s@%s: resolution replayed from the cache (%s)", src.repo, src.revision, cached.sha)
             return cached
-        if is_offline():
+        if offline:
             raise HubOfflineError(
                 f"offline mode (HF_HUB_OFFLINE=1): dataset {src.repo}@{src.revision} (subset {src.subset!r}, split "
                 f"{src.split!r}) was never resolved into the cache at {cache or '(no cache dir given)'}; run once "
                 "with network access, or unset HF_HUB_OFFLINE")
 
-    info = hub.repo_info(src.repo, "dataset", src.revision)
+    info = hub_.repo_info(src.repo, "dataset", src.revision)
     revision_sha = info.sha
     if not revision_sha:
         raise HubError(f"the Hub did not give a commit sha for dataset {src.repo}@{src.revision}")
     names = {s.rfilename for s in (info.siblings or [])}
     if info.siblings is None:
-        names = {f.path for f in hub.call(
-            lambda: [e for e in hub.api.list_repo_tree(src.repo, repo_type="dataset", revision=revision_sha,
+        names = {f.path for f in hub_.call(
+            lambda: [e for e in hub_.api.list_repo_tree(src.repo, repo_type="dataset", revision=revision_sha,
                                                        recursive=True) if hasattr(e, "size")],
-            hub.ctx(src.repo, "dataset", "list files", revision_sha))}
+            hub_.ctx(src.repo, "dataset", "list files", revision_sha))}
     files_list = sorted(names)
 
     data_revision, sha = src.revision, revision_sha
     if src.revision == PARQUET_EXPORT_REVISION:
         plan = _plan_from_export(src, files_list)
     else:
-        card = _card_of(hub, info, src.repo, revision_sha, names)
+        card = _card_of(hub_, info, src.repo, revision_sha, names)
         plan = None
         try:
             plan = _plan_from_listing(src, files_list, card)
@@ -203,7 +252,7 @@ def resolve_dataset(src: HubDatasetSource, token: str | None, endpoint: str | No
                                f"({', '.join(unsupported)}): it reads Parquet and JSON Lines (.jsonl/.json, "
                                "optionally .gz/.zst)")
             try:
-                export = hub.repo_info(src.repo, "dataset", PARQUET_EXPORT_REVISION)
+                export = hub_.repo_info(src.repo, "dataset", PARQUET_EXPORT_REVISION)
             except HubNotFoundError:
                 what = f"are {', '.join(unsupported)}" if unsupported else "are not data files datasetprep reads"
                 raise HubError(f"the files of dataset {src.repo} (subset {src.subset or 'default'!r}, split "
@@ -218,13 +267,13 @@ def resolve_dataset(src: HubDatasetSource, token: str | None, endpoint: str | No
             log.info("%s", plan.notes[0])
             data_revision, sha = PARQUET_EXPORT_REVISION, export.sha
 
-    meta = hub.paths_info(src.repo, "dataset", sha, plan.files)
+    meta = hub_.paths_info(src.repo, "dataset", sha, plan.files)
     missing = [f for f in plan.files if f not in meta]
     if missing:
         raise HubError(f"dataset repo {src.repo} at {sha} lists {missing[:5]} but the Hub has no size for them")
     resolved = ResolvedDataset(
         repo=src.repo, revision=src.revision, sha=sha, subset=plan.subset, split=plan.split,
-        files=[meta[f] for f in plan.files], endpoint=hub.endpoint, data_revision=data_revision,
+        files=[meta[f] for f in plan.files], endpoint=hub_.endpoint, data_revision=data_revision,
         revision_sha=revision_sha, source=plan.source, available=plan.available, notes=plan.notes,
         key=_resolution_key(src),
     )
@@ -242,7 +291,7 @@ def dataset_cache_dir(cache_dir: Path | str, resolved: ResolvedDataset) -> Path:
 
 def download_dataset(resolved: ResolvedDataset, cache_dir: Path | str, token: str | None, *,
                      endpoint: str | None = None, retry: RetryPolicy | None = None,
-                     max_workers: int = 4) -> list[Path]:
+                     max_workers: int = 4, hub: HubSettings | None = None) -> list[Path]:
     """Download the resolved files into ``<cache>/datasets/<owner>--<name>/<sha>/<path>``.
 
     Files already there (complete by construction: written atomically after verification) are not
@@ -254,21 +303,27 @@ def download_dataset(resolved: ResolvedDataset, cache_dir: Path | str, token: st
     paths = [root / f.path for f in resolved.files]
     todo = [(f, p) for f, p in zip(resolved.files, paths) if not _complete(p, f)]
     if todo:
-        if is_offline():
+        settings = HubSettings.resolve(hub, endpoint=endpoint or resolved.endpoint, retry=retry)
+        if settings.offline:
             raise HubOfflineError(
                 f"offline mode (HF_HUB_OFFLINE=1): {len(todo)} file(s) of dataset {resolved.repo}@{resolved.sha} are "
                 f"not in the cache at {root} (e.g. {todo[0][0].path}); run once with network access, or unset "
                 "HF_HUB_OFFLINE")
-        hub = _Hub(endpoint or resolved.endpoint, token, retry)
+        client = _Hub(settings, token)
         log.info("downloading %d file(s) of %s@%s (%d bytes) into %s", len(todo), resolved.repo, resolved.sha,
                  sum(f.size or 0 for f, _ in todo), root)
         workers = max(1, min(max_workers, len(todo)))
+
+        def fetch(f: RemoteFile, p: Path) -> None:
+            client.download(resolved.repo, "dataset", resolved.sha, f, p)  # verified: size and hash
+            _remember_verified(p, f)
+
         if workers == 1:
             for f, p in todo:
-                hub.download(resolved.repo, "dataset", resolved.sha, f, p)
+                fetch(f, p)
         else:
             with ThreadPoolExecutor(workers, thread_name_prefix="hub-download") as pool:
-                futures = [pool.submit(hub.download, resolved.repo, "dataset", resolved.sha, f, p) for f, p in todo]
+                futures = [pool.submit(fetch, f, p) for f, p in todo]
                 for fut in futures:
                     fut.result()
     else:

@@ -1,14 +1,21 @@
-//! Byte-level BPE model with the exact merge semantics of HF `tokenizers` (`Word::merge_all`).
+//! Byte-level BPE model with the exact merge semantics of HF `tokenizers` (`Word::merge_all`),
+//! which are also tiktoken's (see `tiktoken.rs`).
 //!
 //! HF builds a `Word` from the byte-level characters of a pre-token (one character per input
 //! byte), then repeatedly pops the pending merge with the lowest `(rank, position)` from a priority
 //! queue, skipping stale entries (the symbol was absorbed, is now last, or the pair at that
-//! position no longer produces the queued token).  This module runs the same algorithm on token
-//! ids, so the produced ids are identical by construction.
+//! position no longer produces the queued token).  A queued pair at a position can only change by
+//! growing (a neighbour merged into it), so a stale entry never produces the queued token: the
+//! queue always yields the current pair with the lowest `(rank, position)`.  Short words are
+//! therefore merged by scanning the current pairs for that minimum (no queue, no allocation);
+//! long words use the queue.  Both give HF's ids by construction.
 
-use rustc_hash::FxHashMap;
+use crate::table::{PairTable, ShortKey, TokenTable};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+
+/// Words with at most this many initial symbols are merged by scanning.
+const SCAN_MAX: usize = 16;
 
 /// What HF's `BPE::merge_word` does with one byte-level character (= one input byte).
 #[derive(Clone, Debug)]
@@ -27,7 +34,7 @@ struct Symbol {
     c: u32,
     prev: i32,
     next: i32,
-    /// 0 once merged into its left neighbour (HF uses the byte length for this test).
+    /// false once merged into its left neighbour.
     alive: bool,
 }
 
@@ -35,84 +42,93 @@ pub struct BpeModel {
     pub byte_init: Vec<ByteInit>, // 256 entries
     /// `(unk_id, fuse_unk)` when an unk token is configured (and resolvable).
     pub unk: Option<(u32, bool)>,
-    /// `(left_id << 32 | right_id)` -> `(rank, merged_id)`; later duplicates overwrite earlier ones
+    /// `(left_id, right_id)` -> `(rank, merged_id)`; later duplicates overwrite earlier ones
     /// exactly like HF's `collect::<HashMap>()`.
-    pub merges: FxHashMap<u64, (u32, u32)>,
+    pub merges: PairTable,
     /// Whole pre-token lookup for `ignore_merges = true` (byte string -> id of a vocab entry made
     /// only of byte-level characters).
-    pub whole_word: Option<FxHashMap<Box<[u8]>, u32>>,
+    pub whole_word: Option<TokenTable>,
 }
 
-/// Reusable buffers for `merge_word` (avoid allocations per word).
+/// Reusable buffers (no allocation per word).
 #[derive(Default)]
 pub struct Scratch {
+    ids: Vec<u32>,
     symbols: Vec<Symbol>,
     heap: BinaryHeap<Reverse<(u32, u32, u32)>>, // (rank, pos, new_id): min-heap on (rank, pos)
 }
 
-#[inline]
-fn key(a: u32, b: u32) -> u64 {
-    ((a as u64) << 32) | b as u64
-}
-
 impl BpeModel {
-    #[inline]
-    fn add(symbols: &mut Vec<Symbol>, c: u32) {
-        let len = symbols.len() as i32;
-        let prev = if let Some(last) = symbols.last_mut() {
-            last.next = len;
-            len - 1
-        } else {
-            -1
-        };
-        symbols.push(Symbol {
-            c,
-            prev,
-            next: -1,
-            alive: true,
-        });
+    #[inline(always)]
+    fn merge_of(&self, a: u32, b: u32) -> (u32, u32) {
+        self.merges.get(a, b)
+    }
+
+    /// Start loading what `tokenize_short(k, ..)` will look up first.
+    #[inline(always)]
+    pub fn prefetch(&self, k: &ShortKey) {
+        if let Some(ww) = &self.whole_word {
+            ww.prefetch(k);
+        }
     }
 
     /// Tokenize one pre-token (its raw bytes; the byte-level mapping is implicit), appending the
     /// ids to `out`.  Mirrors `BPE::tokenize` for dropout None/0.
     pub fn tokenize(&self, word: &[u8], scratch: &mut Scratch, out: &mut Vec<u32>) {
-        if word.is_empty() {
-            return;
-        }
         if let Some(ww) = &self.whole_word {
-            if let Some(&id) = ww.get(word) {
+            if let Some(id) = ww.get(word) {
                 out.push(id);
                 return;
             }
         }
-        self.merge_word(word, scratch);
-        out.extend(scratch.symbols.iter().filter(|s| s.alive).map(|s| s.c));
+        self.merge_word(word, scratch, out);
     }
 
-    fn merge_word(&self, word: &[u8], scratch: &mut Scratch) {
-        let symbols = &mut scratch.symbols;
-        symbols.clear();
-        // --- BPE::merge_word: build the initial symbols -----------------------------------
+    /// [`tokenize`](Self::tokenize) for a word whose key is at hand.
+    #[inline]
+    pub fn tokenize_short(&self, k: &ShortKey, word: &[u8], scratch: &mut Scratch, out: &mut Vec<u32>) {
+        if let Some(ww) = &self.whole_word {
+            if let Some(id) = ww.get_short(k) {
+                out.push(id);
+                return;
+            }
+        }
+        self.merge_word(word, scratch, out);
+    }
+
+    fn merge_word(&self, word: &[u8], scratch: &mut Scratch, out: &mut Vec<u32>) {
+        if word.is_empty() {
+            return;
+        }
+        self.initial_symbols(word, &mut scratch.ids);
+        if scratch.ids.len() <= SCAN_MAX {
+            self.merge_scan(scratch);
+            out.extend_from_slice(&scratch.ids);
+        } else {
+            self.merge_heap(scratch);
+            out.extend(scratch.symbols.iter().filter(|s| s.alive).map(|s| s.c));
+        }
+    }
+
+    /// `BPE::merge_word`: the initial symbols of a word.
+    fn initial_symbols(&self, word: &[u8], ids: &mut Vec<u32>) {
+        ids.clear();
         let mut unk: Option<u32> = None; // pending unk id (lengths are irrelevant for ids)
         for &b in word {
             match &self.byte_init[b as usize] {
                 ByteInit::Id(id) => {
                     if let Some(u) = unk.take() {
-                        Self::add(symbols, u);
+                        ids.push(u);
                     }
-                    Self::add(symbols, *id);
+                    ids.push(*id);
                 }
-                ByteInit::Fallback(ids) => {
-                    for &t in ids.iter() {
-                        Self::add(symbols, t);
-                    }
-                }
+                ByteInit::Fallback(fb) => ids.extend_from_slice(fb),
                 ByteInit::Missing => {
                     if let Some((unk_id, fuse)) = self.unk {
                         unk = match (unk, fuse) {
                             (Some(u), true) => Some(u),
                             (Some(u), false) => {
-                                Self::add(symbols, u);
+                                ids.push(u);
                                 Some(unk_id)
                             }
                             (None, _) => Some(unk_id),
@@ -122,35 +138,93 @@ impl BpeModel {
             }
         }
         if let Some(u) = unk {
-            Self::add(symbols, u);
+            ids.push(u);
         }
-        if symbols.len() < 2 {
+    }
+
+    /// Merge the current pair with the lowest `(rank, position)` until none is left.  The
+    /// symbols and their pairs' ranks are small contiguous arrays on the stack; removing a
+    /// symbol moves a fixed block of `SCAN_MAX` entries (a few vector moves, no call).
+    fn merge_scan(&self, scratch: &mut Scratch) {
+        let ids = &mut scratch.ids;
+        let n = ids.len();
+        if n < 2 {
             return;
         }
-        // --- Word::merge_all (dropout None) -------------------------------------------------
+        debug_assert!(n <= SCAN_MAX);
+        let mut sym = [0u32; 2 * SCAN_MAX];
+        sym[..n].copy_from_slice(ids);
+        for i in 0..n - 1 {
+            self.merges.prefetch(sym[i], sym[i + 1]);
+        }
+        // rank and merged id of the pair (sym[i], sym[i + 1])
+        let mut rank = [u32::MAX; 2 * SCAN_MAX];
+        let mut merged = [0u32; 2 * SCAN_MAX];
+        for i in 0..n - 1 {
+            (rank[i], merged[i]) = self.merge_of(sym[i], sym[i + 1]);
+        }
+        let mut m = n; // live symbols
+        while m > 1 {
+            let mut best = 0;
+            let mut best_rank = u32::MAX;
+            for (i, &r) in rank[..m - 1].iter().enumerate() {
+                if r < best_rank {
+                    best_rank = r;
+                    best = i;
+                }
+            }
+            if best_rank == u32::MAX {
+                break;
+            }
+            sym[best] = merged[best];
+            shift_left(&mut sym, best + 1);
+            shift_left(&mut rank, best + 1);
+            shift_left(&mut merged, best + 1);
+            m -= 1;
+            if best + 1 < m {
+                (rank[best], merged[best]) = self.merge_of(sym[best], sym[best + 1]);
+            } else {
+                rank[best] = u32::MAX;
+            }
+            if best > 0 {
+                (rank[best - 1], merged[best - 1]) = self.merge_of(sym[best - 1], sym[best]);
+            }
+        }
+        ids.clear();
+        ids.extend_from_slice(&sym[..m]);
+    }
+
+    /// `Word::merge_all` with its priority queue, for long words.
+    fn merge_heap(&self, scratch: &mut Scratch) {
+        let symbols = &mut scratch.symbols;
+        symbols.clear();
+        let n = scratch.ids.len();
+        symbols.extend(scratch.ids.iter().enumerate().map(|(i, &c)| Symbol {
+            c,
+            prev: i as i32 - 1,
+            next: if i + 1 < n { i as i32 + 1 } else { -1 },
+            alive: true,
+        }));
         let heap = &mut scratch.heap;
         heap.clear();
-        for i in 0..symbols.len() - 1 {
-            if let Some(&(rank, new_id)) = self.merges.get(&key(symbols[i].c, symbols[i + 1].c)) {
+        for i in 0..n.saturating_sub(1) {
+            let (rank, new_id) = self.merge_of(symbols[i].c, symbols[i + 1].c);
+            if rank != u32::MAX {
                 heap.push(Reverse((rank, i as u32, new_id)));
             }
         }
         while let Some(Reverse((_rank, pos, new_id))) = heap.pop() {
             let pos = pos as usize;
-            if !symbols[pos].alive {
-                continue;
-            }
-            if symbols[pos].next == -1 {
+            if !symbols[pos].alive || symbols[pos].next == -1 {
                 continue;
             }
             let next_pos = symbols[pos].next as usize;
             let right = symbols[next_pos];
             // Stale entry check (HF compares the produced id, not the rank).
-            match self.merges.get(&key(symbols[pos].c, right.c)) {
-                Some(&(_, nid)) if nid == new_id => {}
-                _ => continue,
+            let (rank, nid) = self.merge_of(symbols[pos].c, right.c);
+            if rank == u32::MAX || nid != new_id {
+                continue;
             }
-            // Merge.
             symbols[pos].c = new_id;
             symbols[pos].next = right.next;
             symbols[next_pos].alive = false;
@@ -160,18 +234,27 @@ impl BpeModel {
             let current = symbols[pos];
             if current.prev >= 0 {
                 let prev = current.prev as usize;
-                if let Some(&(rank, nid)) = self.merges.get(&key(symbols[prev].c, current.c)) {
+                let (rank, nid) = self.merge_of(symbols[prev].c, current.c);
+                if rank != u32::MAX {
                     heap.push(Reverse((rank, prev as u32, nid)));
                 }
             }
             let next = current.next;
             if next >= 0 && (next as usize) < symbols.len() {
-                if let Some(&(rank, nid)) =
-                    self.merges.get(&key(current.c, symbols[next as usize].c))
-                {
+                let (rank, nid) = self.merge_of(current.c, symbols[next as usize].c);
+                if rank != u32::MAX {
                     heap.push(Reverse((rank, pos as u32, nid)));
                 }
             }
         }
     }
+}
+
+/// Remove entry `at` of a symbol array, moving the next `SCAN_MAX` entries down (the arrays are
+/// twice that long, so the fixed-size copy always stays inside).
+#[inline(always)]
+fn shift_left(a: &mut [u32; 2 * SCAN_MAX], at: usize) {
+    let mut block = [0u32; SCAN_MAX];
+    block.copy_from_slice(&a[at + 1..at + 1 + SCAN_MAX]);
+    a[at..at + SCAN_MAX].copy_from_slice(&block);
 }

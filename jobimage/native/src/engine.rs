@@ -3,21 +3,23 @@
 //! 1. `AddedVocabulary::extract_and_normalize`: split the raw text on non-normalized added
 //!    tokens (leftmost-longest), normalize the remaining pieces, split those on normalized added
 //!    tokens.
-//! 2. Pre-tokenize every remaining piece: `Split` regexes (Isolated), then `ByteLevel` (optional
-//!    prefix space, optional GPT-2 regex).  Empty pieces are dropped, each regex runs on its piece
-//!    as a standalone string (so anchors / look-arounds see the piece boundaries like HF).
+//! 2. Pre-tokenize every remaining piece: `Split` patterns (Isolated), then `ByteLevel` (optional
+//!    prefix space, optional GPT-2 pattern).  Empty pieces are dropped, each pattern runs on its
+//!    piece as a standalone string (so anchors / look-arounds see the piece boundaries like HF).
+//!    Known patterns run the hand-written splitter of `pretok`, others the onig regex.
 //! 3. BPE on every pre-token (with a bounded word cache).
 //! 4. Post-processing template (special tokens around the sequence) iff `add_special_tokens`.
 
 use crate::bpe::{BpeModel, Scratch};
-use crate::chunk::{ChunkRule, Classes};
+use crate::bpe::ByteInit;
+use crate::cache::{push_ids, WordCache, IDS_MAX, MAX_CACHED_WORD};
+use crate::table::{ShortKey, KEY_MAX};
+use crate::pretok::Splitter;
+use crate::unicode::Classes;
 use daachorse::{DoubleArrayAhoCorasick, DoubleArrayAhoCorasickBuilder, MatchKind};
-use rustc_hash::FxHashMap;
 use std::sync::Mutex;
 use unicode_normalization_alignments::UnicodeNormalization;
 
-/// Words longer than this are not cached (HF uses the same bound, 256 bytes).
-const MAX_CACHED_WORD: usize = 256;
 /// Number of independent caches (one per concurrently encoding thread).
 const N_CACHES: usize = 4;
 
@@ -32,8 +34,10 @@ pub fn nfc(s: &str) -> String {
 }
 
 pub enum Stage {
-    /// A regex (with the chunk rule when the pattern is a known one).
-    Regex(onig::Regex, Option<ChunkRule>),
+    /// A known pattern, split by hand (equal to the regex).
+    Split(Splitter),
+    /// Any other pattern, split by oniguruma.
+    Regex(onig::Regex),
     Literal(String),
 }
 
@@ -42,20 +46,80 @@ pub enum TemplatePiece {
     Special(Vec<u32>),
 }
 
+/// The added tokens of one kind (non-normalized or normalized), found leftmost-longest like HF's
+/// `AddedVocabulary::find_matches`.
+///
+/// Running the automaton over every byte of every document costs as much as a quarter of the
+/// whole encode (Llama 3's 256 specials), although most documents hold none of them.  Every match
+/// starts with the first byte of some pattern, so the text is searched for those bytes only
+/// (`memchr` for up to three distinct bytes, as all of Llama 3's `<|...|>` specials need), and the
+/// automaton runs on a window of the longest pattern's length at each such byte: a match that
+/// starts there is the one the full scan finds (leftmost: no pattern starts earlier; longest:
+/// every pattern starting there fits the window), else the search moves on.
 pub struct AddedMatcher {
     trie: Option<DoubleArrayAhoCorasick<u32>>,
+    /// The distinct first bytes of the patterns.
+    first: Vec<u8>,
+    /// `is_first[b]`: some pattern starts with byte `b`.
+    is_first: [bool; 256],
+    /// Length of the longest pattern, in bytes.
+    max_len: usize,
 }
 
 impl AddedMatcher {
     pub fn new(patterns: Vec<(String, u32)>) -> Result<Self, String> {
-        if patterns.is_empty() {
-            return Ok(Self { trie: None });
+        let mut is_first = [false; 256];
+        let mut max_len = 0;
+        for (p, _) in &patterns {
+            let Some(&b) = p.as_bytes().first() else {
+                return Err("an empty added token pattern".into());
+            };
+            is_first[b as usize] = true;
+            max_len = max_len.max(p.len());
         }
-        let trie = DoubleArrayAhoCorasickBuilder::new()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build_with_values(patterns.iter().map(|(p, id)| (p.as_bytes(), *id)))
-            .map_err(|e| format!("added tokens automaton: {e}"))?;
-        Ok(Self { trie: Some(trie) })
+        let first = (0..=255u8).filter(|&b| is_first[b as usize]).collect();
+        let trie = if patterns.is_empty() {
+            None
+        } else {
+            Some(
+                DoubleArrayAhoCorasickBuilder::new()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build_with_values(patterns.iter().map(|(p, id)| (p.as_bytes(), *id)))
+                    .map_err(|e| format!("added tokens automaton: {e}"))?,
+            )
+        };
+        Ok(Self {
+            trie,
+            first,
+            is_first,
+            max_len,
+        })
+    }
+
+    /// Offset in `s` of the first byte that starts some pattern.
+    #[inline]
+    fn find_first(&self, s: &[u8]) -> Option<usize> {
+        match *self.first.as_slice() {
+            [a] => memchr::memchr(a, s),
+            [a, b] => memchr::memchr2(a, b, s),
+            [a, b, c] => memchr::memchr3(a, b, c, s),
+            _ => s.iter().position(|&x| self.is_first[x as usize]),
+        }
+    }
+
+    /// The leftmost-longest match in `s` starting at or after `from`: `(start, end, id)`.
+    fn next_match(&self, trie: &DoubleArrayAhoCorasick<u32>, s: &[u8], from: usize) -> Option<(usize, usize, u32)> {
+        let mut at = from;
+        loop {
+            let start = at + self.find_first(&s[at..])?;
+            let window = &s[start..s.len().min(start + self.max_len)];
+            if let Some(m) = trie.leftmost_find_iter(window).next() {
+                if m.start() == 0 {
+                    return Some((start, start + m.end(), m.value()));
+                }
+            }
+            at = start + 1;
+        }
     }
 
     /// Mirrors `AddedVocabulary::find_matches` (no lstrip/rstrip/single_word): calls
@@ -69,12 +133,12 @@ impl AddedMatcher {
             return;
         };
         let mut start = 0;
-        for m in trie.leftmost_find_iter(s) {
-            if start < m.start() {
-                f(Err(&s[start..m.start()]));
+        while let Some((m_start, m_end, id)) = self.next_match(trie, s.as_bytes(), start) {
+            if start < m_start {
+                f(Err(&s[start..m_start]));
             }
-            f(Ok(m.value()));
-            start = m.end();
+            f(Ok(id));
+            start = m_end;
         }
         if start < s.len() {
             f(Err(&s[start..]));
@@ -82,20 +146,38 @@ impl AddedMatcher {
     }
 }
 
+/// A pre-token waiting for its ids (see [`Cache`]).
+enum Pending {
+    Id(u32),
+    /// A word found in the small cache at once.
+    Ids([u32; IDS_MAX], u8),
+    Short(ShortKey),
+    /// `long_bytes[start..start + len]`
+    Long(usize, usize),
+}
+
+/// Pre-tokens queued before their word-cache lookups.
+const PENDING_MAX: usize = 32;
+
+/// Per-thread state: the word cache, and pre-tokens queued for lookup.  Pre-tokens are queued
+/// (their cache slot prefetched) and resolved in order `PENDING_MAX` at a time, so that the
+/// slot loads overlap; every other id written to the output flushes the queue first.
 pub struct Cache {
-    words: FxHashMap<Box<[u8]>, Box<[u32]>>,
-    chunks: FxHashMap<Box<[u8]>, Box<[u32]>>,
+    words: WordCache,
     scratch: Scratch,
     tmp: Vec<u32>,
+    pending: Vec<Pending>,
+    long_bytes: Vec<u8>,
 }
 
 impl Cache {
-    fn new() -> Self {
+    fn new(capacity: usize) -> Self {
         Self {
-            words: FxHashMap::default(),
-            chunks: FxHashMap::default(),
+            words: WordCache::new(capacity),
             scratch: Scratch::default(),
             tmp: Vec::new(),
+            pending: Vec::with_capacity(PENDING_MAX),
+            long_bytes: Vec::new(),
         }
     }
 }
@@ -113,8 +195,9 @@ pub struct Engine {
     pub add_special_tokens: bool,
     pub cache_size: usize,
     caches: Vec<Mutex<Cache>>,
-    /// Stage whose regex is a known pattern: its input is cut into chunks cached whole.
-    chunking: Option<(usize, ChunkRule, &'static Classes)>,
+    classes: &'static Classes,
+    /// The splitter when the pre-tokenizer is that one hand-written split (no prefix space).
+    only_split: Option<Splitter>,
 }
 
 impl Engine {
@@ -130,18 +213,14 @@ impl Engine {
         template: Option<Vec<TemplatePiece>>,
         add_special_tokens: bool,
         cache_size: usize,
-        enable_chunking: bool,
     ) -> Self {
-        let chunking = if enable_chunking && cache_size > 0 {
-            stages.iter().enumerate().find_map(|(i, st)| match st {
-                Stage::Regex(_, Some(rule)) => Some((i, *rule, crate::chunk::classes())),
-                _ => None,
-            })
-        } else {
-            None
+        let only_split = match stages.as_slice() {
+            [Stage::Split(sp)] if !add_prefix_space => Some(*sp),
+            _ => None,
         };
         Self {
-            chunking,
+            only_split,
+            classes: crate::unicode::classes(),
             bpe,
             normalizer,
             plain,
@@ -152,15 +231,14 @@ impl Engine {
             template,
             add_special_tokens,
             cache_size,
-            caches: (0..N_CACHES).map(|_| Mutex::new(Cache::new())).collect(),
+            caches: (0..N_CACHES).map(|_| Mutex::new(Cache::new(cache_size))).collect(),
         }
     }
 
     pub fn clear_cache(&self) {
         for c in &self.caches {
             if let Ok(mut c) = c.lock() {
-                c.words = FxHashMap::default();
-                c.chunks = FxHashMap::default();
+                c.words = WordCache::new(self.cache_size);
             }
         }
     }
@@ -172,17 +250,25 @@ impl Engine {
                 return f(&mut guard);
             }
         }
-        let mut tmp = Cache::new();
+        let mut tmp = Cache::new(self.cache_size.min(1 << 12));
         f(&mut tmp)
     }
 
     /// Encode one document, appending its ids to `out`.
     pub fn encode_into(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
+        self.encode_pieces(text, cache, out);
+        self.flush(cache, out);
+    }
+
+    fn encode_pieces(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
         match (&self.template, self.add_special_tokens) {
             (Some(t), true) => {
                 for piece in t {
                     match piece {
-                        TemplatePiece::Special(ids) => out.extend_from_slice(ids),
+                        TemplatePiece::Special(ids) => {
+                            self.flush(cache, out);
+                            out.extend_from_slice(ids)
+                        }
                         TemplatePiece::Sequence => self.encode_sequence(text, cache, out),
                     }
                 }
@@ -201,7 +287,7 @@ impl Engine {
     fn encode_sequence(&self, text: &str, cache: &mut Cache, out: &mut Vec<u32>) {
         // 1. non-normalized added tokens on the raw text
         self.plain.split(text, |piece| match piece {
-            Ok(id) => out.push(id),
+            Ok(id) => self.emit(id, cache, out),
             Err(raw) => match self.normalizer {
                 Normalizer::None => self.encode_normalized_piece(raw, cache, out),
                 Normalizer::Nfc => self.encode_normalized_piece(&nfc(raw), cache, out),
@@ -212,8 +298,12 @@ impl Engine {
     fn encode_normalized_piece(&self, piece: &str, cache: &mut Cache, out: &mut Vec<u32>) {
         // 2. normalized added tokens on the normalized pieces, 3. pre-tokenize + BPE the rest
         self.normed.split(piece, |p| match p {
-            Ok(id) => out.push(id),
-            Err(text) => self.pretokenize(text, 0, cache, out),
+            Ok(id) => self.emit(id, cache, out),
+            Err(text) => match self.only_split {
+                // the common case, one hand-written split and nothing else: no stage recursion
+                Some(sp) => sp.split(self.classes, text, |w| self.bpe_word(w.as_bytes(), cache, out)),
+                None => self.pretokenize(text, 0, cache, out),
+            },
         });
     }
 
@@ -234,30 +324,7 @@ impl Engine {
             self.bpe_word(s.as_bytes(), cache, out);
             return;
         }
-        if let Some((cs, rule, classes)) = self.chunking {
-            if cs == stage {
-                classes.for_each_chunk(rule, s, |chunk| self.chunk(chunk, stage, cache, out));
-                return;
-            }
-        }
         self.split_stage(s, stage, cache, out)
-    }
-
-    /// One chunk of a chunked stage: cached `chunk -> ids`, computed by the normal path.
-    fn chunk(&self, c: &str, stage: usize, cache: &mut Cache, out: &mut Vec<u32>) {
-        let key = c.as_bytes();
-        if let Some(ids) = cache.chunks.get(key) {
-            out.extend_from_slice(ids);
-            return;
-        }
-        let start = out.len();
-        self.split_stage(c, stage, cache, out);
-        if key.len() <= MAX_CACHED_WORD {
-            if cache.chunks.len() >= self.cache_size {
-                cache.chunks = FxHashMap::default();
-            }
-            cache.chunks.insert(key.into(), out[start..].into());
-        }
     }
 
     /// Applies the split of `stages[stage]` to `s` and recurses into the next stages.
@@ -265,7 +332,11 @@ impl Engine {
         let next = stage + 1;
         let mut prev = 0usize;
         match &self.stages[stage] {
-            Stage::Regex(re, _) => {
+            Stage::Split(sp) => {
+                sp.split(self.classes, s, |piece| self.pretokenize(piece, next, cache, out));
+                return;
+            }
+            Stage::Regex(re) => {
                 for (start, end) in re.find_iter(s) {
                     if prev != start {
                         self.pretokenize(&s[prev..start], next, cache, out);
@@ -292,31 +363,77 @@ impl Engine {
         }
     }
 
+    /// Append an id that is not a pre-token's (an added or special token).
+    fn emit(&self, id: u32, cache: &mut Cache, out: &mut Vec<u32>) {
+        self.flush(cache, out);
+        out.push(id);
+    }
+
+    /// Queue one pre-token.
     #[inline]
     fn bpe_word(&self, w: &[u8], cache: &mut Cache, out: &mut Vec<u32>) {
-        if w.len() == 1 {
-            if let crate::bpe::ByteInit::Id(id) = self.bpe.byte_init[w[0] as usize] {
-                // Single known byte: no merge possible; ignore_merges lookup gives the same id.
-                out.push(id);
-                return;
+        let p = if w.len() == 1 && matches!(self.bpe.byte_init[w[0] as usize], ByteInit::Id(_)) {
+            // Single known byte: no merge possible; ignore_merges lookup gives the same id.
+            let ByteInit::Id(id) = self.bpe.byte_init[w[0] as usize] else { unreachable!() };
+            Pending::Id(id)
+        } else if let (true, Some(k)) = (self.cache_size > 0, ShortKey::new(w)) {
+            let mut ids = [0u32; IDS_MAX];
+            if let Some(n) = cache.words.get_small(&k, &mut ids) {
+                Pending::Ids(ids, n as u8)
+            } else {
+                cache.words.prefetch(&k);
+                Pending::Short(k)
+            }
+        } else {
+            let start = cache.long_bytes.len();
+            cache.long_bytes.extend_from_slice(w);
+            Pending::Long(start, w.len())
+        };
+        cache.pending.push(p);
+        if cache.pending.len() == PENDING_MAX {
+            self.flush(cache, out);
+        }
+    }
+
+    /// Resolve the queued pre-tokens, in order.
+    fn flush(&self, cache: &mut Cache, out: &mut Vec<u32>) {
+        let Cache {
+            words,
+            scratch,
+            tmp,
+            pending,
+            long_bytes,
+        } = cache;
+        for p in pending.drain(..) {
+            match p {
+                Pending::Id(id) => out.push(id),
+                Pending::Ids(ids, n) => push_ids(out, &ids, n as usize),
+                Pending::Short(k) => {
+                    if words.get_short(&k, out) {
+                        continue;
+                    }
+                    let mut buf = [0u8; KEY_MAX];
+                    let n = k.bytes(&mut buf);
+                    let start = out.len();
+                    self.bpe.tokenize_short(&k, &buf[..n], scratch, out);
+                    words.put_short(&k, &out[start..]);
+                }
+                Pending::Long(start, len) => {
+                    let w = &long_bytes[start..start + len];
+                    if self.cache_size == 0 || w.len() > MAX_CACHED_WORD {
+                        self.bpe.tokenize(w, scratch, out);
+                    } else if let Some(ids) = words.get_long(w) {
+                        out.extend_from_slice(ids);
+                    } else {
+                        tmp.clear();
+                        self.bpe.tokenize(w, scratch, tmp);
+                        out.extend_from_slice(tmp);
+                        words.put_long(w, tmp);
+                    }
+                }
             }
         }
-        if w.len() > MAX_CACHED_WORD || self.cache_size == 0 {
-            self.bpe.tokenize(w, &mut cache.scratch, out);
-            return;
-        }
-        if let Some(ids) = cache.words.get(w) {
-            out.extend_from_slice(ids);
-            return;
-        }
-        cache.tmp.clear();
-        self.bpe.tokenize(w, &mut cache.scratch, &mut cache.tmp);
-        out.extend_from_slice(&cache.tmp);
-        if cache.words.len() >= self.cache_size {
-            cache.words = FxHashMap::default();
-        }
-        cache
-            .words
-            .insert(w.to_vec().into_boxed_slice(), cache.tmp.as_slice().into());
+        long_bytes.clear();
     }
 }
+
