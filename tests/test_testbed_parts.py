@@ -84,10 +84,20 @@ def test_bed_names_and_links_differ_per_state_dir_and_avoid_host_networks(tmp_pa
     assert not ipaddress.ip_network(f"{moved.host_ip}/30", strict=False).overlaps(link)
 
 
-def test_state_dir_under_a_covered_folder_is_refused():
+def test_paths_under_a_covered_folder_are_bound_back():
+    """A checkout or state dir under /var/lib or /run (a CI runner's folder) is bound back over the
+    bed's tmpfs; nested paths once; the covered folder itself cannot be."""
+    keep = nodebed.covered_paths([Path("/var/lib/ci/repo"), Path("/var/lib/ci/repo/tests/cluster/.state"),
+                                  Path("/tmp/x"), Path("/var/library"), Path("/run/user/0/a b")])
+    assert keep == [Path("/run/user/0/a b"), Path("/var/lib/ci/repo")]
     with pytest.raises(RuntimeError, match="DATASETPREP_TESTBED_STATE"):
-        nodebed.check_paths_visible([Path("/var/lib/ci/state")])
-    nodebed.check_paths_visible([Path("/tmp/x"), Path("/var/library")])
+        nodebed.covered_paths([Path("/var/lib")])
+    script = nodebed.holder_script(Path("/c/pause"), keep)
+    assert "mount --rbind /var/lib \"$hold\"/var/lib" in script
+    assert "mount --rbind \"$hold\"/var/lib/ci/repo /var/lib/ci/repo" in script
+    assert "\"$hold\"'/run/user/0/a b' '/run/user/0/a b'" in script
+    assert "rm " not in script  # only rmdir: nothing of the host's can be deleted
+    assert nodebed.holder_script(Path("/c/pause"), []).count("mount") == 3
 
 
 @pytest.mark.parametrize("doc", [

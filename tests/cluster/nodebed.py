@@ -9,7 +9,8 @@ kube-proxy and the containers) lives in namespaces held by one process, the *hol
   fixed paths the kubelet and containerd use (``/run/containerd``,
   ``/var/lib/kubelet/device-plugins``, ``/var/log/containers``, ``/var/lib/cni``, ...) are
   the bed's own; the rest of the host file system (``/tmp``, the checkout, this state dir)
-  is seen as it is, so hostPath volumes on host folders work at their real paths;
+  is seen as it is, so hostPath volumes on host folders work at their real paths (a checkout,
+  state dir or temporary folder under one of those three is bound back over the tmpfs);
 * a network namespace with the CNI bridge ``cni0`` (pods, 10.244.0.0/24) and one end of a
   veth pair whose other end is on the host: host ``<host_ip>/30`` <-> bed ``<node_ip>/30``.
 
@@ -104,28 +105,46 @@ def host_networks() -> list[ipaddress.IPv4Network]:
     return nets
 
 
-def check_paths_visible(paths: list[Path]) -> None:
-    """The bed covers PRIVATE_DIRS; a state dir or checkout under them would vanish inside."""
-    for p in paths:
-        for d in PRIVATE_DIRS:
-            if str(p) == d or str(p).startswith(d + "/"):
-                raise RuntimeError(
-                    f"{p} is under {d}, which the real node covers with its own tmpfs; "
-                    f"set DATASETPREP_TESTBED_STATE to a folder outside {', '.join(PRIVATE_DIRS)}")
+def covered_paths(paths: list[Path]) -> list[Path]:
+    """The paths among ``paths`` that lie under PRIVATE_DIRS (a checkout in ``/var/lib/ci/...``, a
+    state dir under ``/run``): the holder binds them back over its tmpfs, so the bed sees them at
+    their real paths. Nested ones are dropped (binding the outer one carries them)."""
+    under = sorted({Path(os.path.abspath(p)) for p in paths
+                    if any(str(p) == d or str(p).startswith(d + "/") for d in PRIVATE_DIRS)})
+    kept: list[Path] = []
+    for p in under:
+        if str(p) in PRIVATE_DIRS:
+            raise RuntimeError(f"{p} is one of the folders the real node covers with its own tmpfs; "
+                               f"set DATASETPREP_TESTBED_STATE to a folder below it or elsewhere")
+        if not any(p == k or k in p.parents for k in kept):
+            kept.append(p)
+    return kept
 
 
 # ------------------------------------------------------------------------------ holder / nsenter
 
 
-def holder_script(pause: Path) -> str:
-    mounts = "\n".join(f"mount -t tmpfs -o mode=755,size=512m tmpfs {d}" for d in PRIVATE_DIRS)
+def holder_script(pause: Path, keep: list[Path] = ()) -> str:
+    """The holder's script. ``keep`` (see :func:`covered_paths`) are bound back over the tmpfs: the
+    host's folders are first bound to a temporary mount point, which is dropped once they are back."""
+    q = shlex.quote
+    hold = [f"{d}" for d in PRIVATE_DIRS if any(str(k).startswith(d + "/") for k in keep)]
+    before = ["hold=$(mktemp -d /tmp/.datasetprep-bed-hold.XXXXXX)"] if keep else []
+    before += [f"mkdir -p \"$hold\"{q(d)} && mount --rbind {q(d)} \"$hold\"{q(d)}" for d in hold]
+    mounts = [f"mount -t tmpfs -o mode=755,size=512m tmpfs {d}" for d in PRIVATE_DIRS]
+    after = [f"mkdir -p {q(str(k))} && mount --rbind \"$hold\"{q(str(k))} {q(str(k))}" for k in keep]
+    if keep:
+        dirs = sorted({str(x) for d in hold for x in [Path(d), *Path(d).parents] if str(x) != "/"}, key=len, reverse=True)
+        after += [f"umount -l \"$hold\"{q(d)}" for d in hold]  # detaches what lies below too
+        after += [f"rmdir \"$hold\"{q(d)}" for d in dirs] + ['rmdir "$hold"']
+    body = "\n".join(before + mounts + after)
     return f"""#!/bin/sh
 # init of the bed's PID namespace (see nodebed.py); runs inside the new namespaces
 set -eu
-{mounts}
+{body}
 mkdir -p /run/containerd /var/log/containers /var/log/pods
 ip link set lo up
-exec {shlex.quote(str(pause))}
+exec {q(str(pause))}
 """
 
 

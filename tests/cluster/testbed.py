@@ -38,6 +38,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -208,7 +209,7 @@ def _up_emulated(st: Path, bins: Path, _node_bins: Path) -> str:
 
 def _up_real(st: Path, bins: Path, node_bins: Path) -> str:
     ident, plane, files, info = _prepare_real(st, bins, node_bins)
-    init = _start_namespaces(st, ident, node_bins)
+    init = _start_namespaces(st, ident, bins, node_bins)
     ns = nodebed.ns_prefix(init)
     _start("containerd", ns + ["containerd", "--config", str(files["containerd"])], st)
     _start("etcd", ns + plane.etcd(), st)
@@ -241,7 +242,6 @@ def _up_real(st: Path, bins: Path, node_bins: Path) -> str:
 def _prepare_real(st: Path, bins: Path, node_bins: Path) -> tuple[nodebed.BedIdentity, Plane, dict, dict]:
     """Identity (saved first, so `down` can always clean up), PKI, kubeconfigs, images,
     configuration files and cluster.json of a real-node bed."""
-    nodebed.check_paths_visible([st, HERE, bins, node_bins])
     ident = nodebed.BedIdentity.derive(st, nodebed.host_networks())
     ident.save(st)
     pki = st / "pki"
@@ -268,11 +268,13 @@ def _prepare_real(st: Path, bins: Path, node_bins: Path) -> tuple[nodebed.BedIde
     return ident, plane, files, info
 
 
-def _start_namespaces(st: Path, ident: nodebed.BedIdentity, node_bins: Path) -> int:
+def _start_namespaces(st: Path, ident: nodebed.BedIdentity, bins: Path, node_bins: Path) -> int:
     """The bed's cgroup root, holder (namespaces) and veth link; returns the PID namespace's init."""
     nodebed.create_cgroup_root(ident.cgroup_root)
     script = st / "node" / "holder.sh"
-    script.write_text(nodebed.holder_script(node_bins / "pause"))
+    keep = nodebed.covered_paths([st, HERE.parent.parent, bins, node_bins, Path(tempfile.gettempdir()),
+                                  Path(sys.prefix)])
+    script.write_text(nodebed.holder_script(node_bins / "pause", keep))
     holder = _start("holder", nodebed.holder_argv(script), st)
     nodebed.wait_holder_ready(holder)
     init = nodebed.ns_init_pid(holder)
