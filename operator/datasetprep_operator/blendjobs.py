@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from datasetprep.contract import ENV_BLEND, TERMINATION_MESSAGE_PATH, BlendOrder
+from datasetprep.contract import ENV_BLEND, BlendOrder
 
 from datasetprep_operator.config import OperatorConfig
-from datasetprep_operator.jobs import COMMAND, CONTAINER_NAME, TMP_DIR, pod_failure_policy, restricted_security_context
+from datasetprep_operator.jobs import TMP_DIR, job_pod_spec, pod_failure_policy
 from datasetprep_operator.naming import ANNOTATION_OWNER_NAME, LABEL_COMPONENT, child_labels, job_name
 from datasetprep_operator.resources import job_resources
 
@@ -37,33 +37,16 @@ def build_files_job(order: BlendOrder, *, blend: str, namespace: str, blend_uid:
         files_claim: the one claim mounted read-write.
     """
     labels = child_labels(blend_uid, order.version[:8]) | {LABEL_COMPONENT: COMPONENT}
-    pod_sc, container_sc = restricted_security_context()
     resources, tmp_size = job_resources(config.job_resources, None)  # the operator's bounds (jobResources)
     volumes = [{"name": f"claim-{i}", "claim": claim, "path": path} for i, (claim, path) in enumerate(mounts.items())]
-    container = {
-        "name": CONTAINER_NAME,
-        "image": image or config.job_image,
-        "imagePullPolicy": config.image_pull_policy,
-        "command": list(COMMAND),
-        "env": [{"name": ENV_BLEND, "value": order.to_json()}],
-        "securityContext": container_sc,
-        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": v["name"], "mountPath": v["path"], "readOnly": v["claim"] != files_claim}
-                         for v in volumes] + [{"name": "tmp", "mountPath": TMP_DIR}],
-    }
-    if resources:
-        container["resources"] = resources
-    pod_spec = {
-        "restartPolicy": "Never",
-        "serviceAccountName": config.job_service_account,
-        "automountServiceAccountToken": False,
-        "securityContext": pod_sc,
-        "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": tmp_size} if tmp_size else {}}] + [
+    pod_spec = job_pod_spec(
+        config, image=image or config.job_image, env=[{"name": ENV_BLEND, "value": order.to_json()}],
+        volumes=[{"name": "tmp", "emptyDir": {"sizeLimit": tmp_size} if tmp_size else {}}] + [
             {"name": v["name"], "persistentVolumeClaim": {"claimName": v["claim"], "readOnly": v["claim"] != files_claim}}
             for v in volumes],
-    }
+        volume_mounts=[{"name": v["name"], "mountPath": v["path"], "readOnly": v["claim"] != files_claim}
+                       for v in volumes] + [{"name": "tmp", "mountPath": TMP_DIR}],
+        resources=resources)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from datasetprep.contract import (ENV_HF_HOME, ENV_HF_TOKEN_FILE, EXIT_PERMANENT, HF_HOME, HF_TOKEN_DIR, HF_TOKEN_FILE,
@@ -221,6 +221,38 @@ def pod_failure_policy() -> dict[str, Any]:
     ]}
 
 
+def job_pod_spec(config: OperatorConfig, *, image: str, env: list[dict[str, Any]], volumes: list[dict[str, Any]],
+                 volume_mounts: list[dict[str, Any]], resources: Mapping[str, Any] | None,
+                 identity: Identity = Identity()) -> dict[str, Any]:
+    """The pod of every Job the operator runs (a DatasetPrep's steps, a DatasetBlend's files): one
+    ``datasetprep job`` container from ``image``, the ``restricted`` security contexts of ``identity``,
+    the job service account without API credentials, never restarted in place (the Job retries)."""
+    pod_sc, container_sc = restricted_security_context(identity)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": list(COMMAND),
+        "env": env,
+        "securityContext": container_sc,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": volume_mounts,
+    }
+    if resources:
+        container["resources"] = resources
+    return {
+        "restartPolicy": "Never",
+        "serviceAccountName": config.job_service_account,
+        # No API credentials: the job talks to nobody but the Hub; its progress goes to its log, which
+        # the operator reads (docs/security.md).
+        "automountServiceAccountToken": False,
+        "securityContext": pod_sc,
+        "containers": [container],
+        "volumes": volumes,
+    }
+
+
 def build_job(spec: DatasetPrepSpec, plan: RunPlan, *, parent: str, namespace: str, parent_uid: str,
               config: OperatorConfig, retry: str | None = None) -> dict[str, Any]:
     """The Job that runs ``datasetprep job`` for one step of one spec version.
@@ -247,7 +279,6 @@ def build_job(spec: DatasetPrepSpec, plan: RunPlan, *, parent: str, namespace: s
     inputs = JobInputs(spec=spec, plan=plan, volumes={m.claim: m.mount_path for m in mounts}, name=parent,
                        namespace=namespace)
     identity = Identity.of(spec)
-    pod_sc, container_sc = restricted_security_context(identity)
     token = plan.step != "delete" and spec.hf_token_secret_ref is not None
     resources, tmp_size = job_resources(config.job_resources, spec.resources)
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": tmp_size} if tmp_size else {}}]
@@ -258,29 +289,9 @@ def build_job(spec: DatasetPrepSpec, plan: RunPlan, *, parent: str, namespace: s
     if token:
         volumes.append(token_volume(spec))
         volume_mounts.append({"name": TOKEN_VOLUME, "mountPath": HF_TOKEN_DIR, "readOnly": True})
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
-        "image": spec.image or config.job_image,
-        "imagePullPolicy": config.image_pull_policy,
-        "command": list(COMMAND),
-        "env": job_env(inputs, token=token, extra=config.job_env),
-        "securityContext": container_sc,
-        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": volume_mounts,
-    }
-    if resources:
-        container["resources"] = resources
-    pod_spec = {
-        "restartPolicy": "Never",
-        "serviceAccountName": config.job_service_account,
-        # No API credentials: the job talks to nobody but the Hub; its progress goes to its log, which
-        # the operator reads (docs/security.md).
-        "automountServiceAccountToken": False,
-        "securityContext": pod_sc,
-        "containers": [container],
-        "volumes": volumes,
-    }
+    pod_spec = job_pod_spec(config, image=spec.image or config.job_image,
+                            env=job_env(inputs, token=token, extra=config.job_env), volumes=volumes,
+                            volume_mounts=volume_mounts, resources=resources, identity=identity)
     if config.job_volume_init:
         pod_spec["initContainers"] = [volume_init_container(spec, plan, config, identity)]
     job_spec: dict[str, Any] = {
