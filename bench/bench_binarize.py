@@ -13,7 +13,9 @@ For each tokenizer it prints
     0 = the whole corpus) one document per call in a tight loop (texts already in memory, not
     timed) in W processes with equal byte shares, wall time;
   * the ratio lines of issue 14: ours / tiktoken raw (goal ≥ 2), ours / riptoken raw (goal ≥ 1.3),
-    ours / sentencepiece raw (goal ≥ 0.95, every one of ``--sp-runs`` back-to-back runs);
+    ours / sentencepiece raw (goal ≥ 0.95, every one of ``--sp-runs`` back-to-back runs); with
+    ``--runs N`` every other tokenizer is measured N times back to back too (each run its own
+    end-to-end figure and raw limits), and the lowest, median and highest ratio are printed;
   * beside every wall-clock figure, the same per CPU-second (user + system time of the whole
     process tree): on a machine shared with other work the wall-clock ratios move with the
     load from one measurement to the next, the CPU ratios much less (they leave out the serial
@@ -308,6 +310,9 @@ def main() -> None:
     ap.add_argument("--raw-sample-mib", type=float, default=0, help="raw limits on the first N MiB (0: all)")
     ap.add_argument("--core-sample-mib", type=float, default=16, help="per-core figures on the first N MiB (0: skip)")
     ap.add_argument("--sp-runs", type=int, default=1, help="back-to-back SentencePiece runs (each with its raw limit)")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="back-to-back runs of every other tokenizer (each with its raw limits; a median line "
+                         "per ratio follows)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--skip-raw", action="store_true",
                     help="end to end only (no raw limits, no ratios): e.g. peak RSS against input size")
@@ -340,7 +345,7 @@ def main() -> None:
                     res["per_core_mib_s"][name] = round(core_bytes / 2**20 / per_core(eng, core_texts), 2)
                 print(f"[{t}] per core (CPU time, {core_bytes / 2**20:.1f} MiB, one document per call): "
                       + ", ".join(f"{k} {v}" for k, v in res["per_core_mib_s"].items()), flush=True)
-            for run in range(a.sp_runs if t == "sentencepiece" else 1):
+            for run in range(a.sp_runs if t == "sentencepiece" else a.runs):
                 load_before = os.getloadavg()[0]
                 row = end_to_end(spec, a.corpus, a.workers, tmp, text_mib)
                 row["load_before"] = load_before
@@ -380,6 +385,17 @@ def main() -> None:
                     print(f"RATIO {t} run {i + 1}: ours / {ref} raw = {r['mib_s']} / {r[f'raw_{ref}_mib_s']} = {v} "
                           f"(goal >= {goal}: {'met' if v >= goal else 'NOT met'}); per CPU-second {c}; "
                           f"load {r['load_before']:.1f}-{r['load_after']:.1f}")
+    for t, res in results["types"].items():
+        if len(res["runs"]) < 2:
+            continue
+        for ref, goal in goals.items():
+            vals = sorted(r[f"ours_over_{ref}"] for r in res["runs"] if f"ours_over_{ref}" in r)
+            if vals:
+                cpu = sorted(r[f"cpu_ours_over_{ref}"] for r in res["runs"] if f"ours_over_{ref}" in r)
+                print(f"RATIO {t} over {len(vals)} runs: ours / {ref} raw, wall: lowest {vals[0]}, median "
+                      f"{vals[len(vals) // 2]}, highest {vals[-1]} (goal >= {goal}: "
+                      f"{'met in every run' if vals[0] >= goal else 'NOT met in every run'}); per CPU-second "
+                      f"lowest {cpu[0]}, median {cpu[len(cpu) // 2]}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(results, indent=2))

@@ -126,7 +126,7 @@ class PartWriter:
     def add_packed(self, tokens: np.ndarray, seq_lens: np.ndarray, docs: np.ndarray) -> None:
         """Add many documents at once: ``tokens`` back to back, ``seq_lens`` per sequence (all > 0)
         and ``docs`` the number of sequences of each document."""
-        data = tokens.astype(self.dtype, copy=False).tobytes()
+        data = memoryview(np.ascontiguousarray(tokens, dtype=self.dtype)).cast("B")  # no copy when it fits
         self._bin_hash.update(data)
         self._bin.write(data)
         self._flush_index()
@@ -244,48 +244,95 @@ class _HashingWriter:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(max_workers=1)
-            self._wait()
+            self.wait()
             self._pending = self._pool.submit(self.h.update, mv)
         else:
-            self._wait()
+            self.wait()
             self.h.update(mv)
         self.f.write(mv)
         self.n += len(mv)
 
-    def _wait(self) -> None:
+    def wait(self) -> None:
+        """Until every byte given is hashed."""
         if self._pending is not None:
             self._pending.result()
             self._pending = None
 
     def hexdigest(self) -> str:
-        self._wait()
+        self.wait()
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
         return self.h.hexdigest()
 
 
-def assemble(parts: list, prefix: str, dtype: np.dtype) -> dict:
+class BinAssembly:
+    """``path`` (a ``.bin``) written from parts appended in order, hashed as it goes.
+
+    :func:`assemble` takes one that already holds the first parts: the run appends each chunk's part
+    as soon as the chunks before it are done, while the workers go on, so that little of the copy,
+    the checksum and the write-back is left for after the last chunk.
+    """
+
+    SYNC_BYTES = 64 << 20
+    """Written back (``fdatasync``) every this many bytes while the run goes on, so that the final
+    fsync finds little left to write."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._f = _create(path, 1 << 20)
+        self._w = _HashingWriter(self._f)
+        self.parts = 0
+        """How many parts it holds (the first ones of the list :func:`assemble` is given)."""
+        self._unsynced = 0
+
+    def append(self, part) -> None:
+        with open(part.bin_file, "rb") as src:
+            while True:
+                buf = src.read(8 << 20)
+                if not buf:
+                    break
+                self._w.write(buf)
+                self._unsynced += len(buf)
+        self.parts += 1
+        if self._unsynced >= self.SYNC_BYTES:
+            self._w.wait()
+            self._f.flush()
+            os.fdatasync(self._f.fileno())
+            self._unsynced = 0
+
+    def finish(self) -> tuple[int, str]:
+        """Bytes and sha256 of the whole file, fsynced and closed."""
+        digest = self._w.hexdigest()
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return self._w.n, digest
+
+    def close(self) -> None:
+        """Give up (the caller removes the file with its folder)."""
+        self._w.hexdigest()
+        self._f.close()
+
+
+def assemble(parts: list, prefix: str, dtype: np.dtype, bin_: BinAssembly | None = None) -> dict:
     """Concatenate parts (in order) into ``prefix.bin`` and ``prefix.idx``; streams everything.
 
     Returns counts and the sha256 of both files.  The caller chooses temporary prefixes and
-    renames them when every output is complete.
+    renames them when every output is complete.  ``bin_``: ``prefix.bin`` begun, holding the first
+    ``bin_.parts`` of ``parts``.
     """
     dtype = np.dtype(dtype)
     S = sum(p.sequences for p in parts)
     D = sum(p.documents for p in parts)
-    with open(prefix + ".bin", "wb") as fb:
-        hb = _HashingWriter(fb)
-        for p in parts:
-            with open(p.bin_file, "rb") as src:
-                while True:
-                    buf = src.read(8 << 20)
-                    if not buf:
-                        break
-                    hb.write(buf)
-        hb.hexdigest()
-        fb.flush()
-        os.fsync(fb.fileno())
+    if bin_ is None:
+        bin_ = BinAssembly(prefix + ".bin")
+    elif bin_.path != prefix + ".bin" or bin_.parts > len(parts):
+        raise FormatError(f"internal error: {bin_.path} holds {bin_.parts} parts, not the first of "
+                          f"{len(parts)} for {prefix}.bin")
+    for p in parts[bin_.parts:]:
+        bin_.append(p)
+    bin_bytes, bin_sha256 = bin_.finish()
     itemsize = dtype.itemsize
     with open(prefix + ".idx", "wb", buffering=1 << 20) as fi:
         hi = _HashingWriter(fi)
@@ -324,9 +371,9 @@ def assemble(parts: list, prefix: str, dtype: np.dtype) -> dict:
         "sequences": S,
         "tokens": sum(p.tokens for p in parts),
         "dtype": dtype.name,
-        "bin_bytes": hb.n,
+        "bin_bytes": bin_bytes,
         "idx_bytes": hi.n,
-        "bin_sha256": hb.hexdigest(),
+        "bin_sha256": bin_sha256,
         "idx_sha256": hi.hexdigest(),
         "max_document_tokens": max((p.max_document_tokens for p in parts), default=0),
     }

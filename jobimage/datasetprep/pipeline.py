@@ -43,7 +43,7 @@ from .errors import BinarizeError, InputError, WorkerLost  # noqa: F401 - Binari
 from .hashes import FORMAT_VERSION, chunk_plan_key
 from .limits import DEFAULT_MAX_DOCUMENT_BYTES, ResumeCheck
 from .pool import ChunkTask, RecordsTask, Setup, run_tasks
-from .publish import COMMIT, Assembled, Move, assemble, check_outputs, new_tmp_dir, publish, write_text
+from .publish import COMMIT, Assembled, Assembly, Move, assemble, check_outputs, new_tmp_dir, publish, write_text
 from .readers import Chunk
 from .stats import Stats
 from .tokenization import TokenizerConfig, TokenizerError
@@ -280,8 +280,20 @@ def run(req: Request) -> Manifest:
         work = prepare(req)
         layout.remove_stale_work_dirs(req.output_prefix, keep=work.dir)
         work = _made(req, work)
-        results, stats = _tokenize(req, work, range(len(work.chunks)), t0)
-        return _publish_merged(req, work.tok, work.dtype, work.files, work, results, stats, t0, work.snap)
+        _remove_stale_assemblies(work)
+        # the inputs' digest and the outputs' .bin files are made while the workers tokenize (the
+        # parts appended in plan order as they finish), so that little is left after the last chunk
+        digest = _InputDigest(req.input_sha256, work.files)
+        tmp = new_tmp_dir(req.output_prefix, under=work.inside)
+        assembly = Assembly(req.keys, req.output_prefix, req.level, work.dtype, tmp, order=range(len(work.chunks)))
+        try:
+            results, stats = _tokenize(req, work, range(len(work.chunks)), t0, on_chunk=assembly.add)
+        except BaseException:
+            assembly.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return _publish_merged(req, work.tok, work.dtype, work.files, work, results, stats, t0, work.snap,
+                               assembly=assembly, digest=digest)
 
 
 def run_shard(req: Request, plan_: RunPlan) -> ShardDone:
@@ -409,6 +421,18 @@ def _held_work(req: Request, work: Work) -> Work:
         return work
 
 
+def _remove_stale_assemblies(work: Work) -> None:
+    """The temporary folders a killed attempt was assembling in (the caller holds the prefix alone:
+    no shard step is writing its own); the chunks it finished are reused, its assembly is not."""
+    try:
+        entries = list(os.scandir(work.inside))
+    except FileNotFoundError:
+        return
+    for e in entries:
+        if e.name.startswith(publishing.ASSEMBLY_DIR_PREFIX) and e.is_dir(follow_symlinks=False):
+            shutil.rmtree(e.path, ignore_errors=True)
+
+
 def _remove_work(req: Request, wd: Path) -> None:
     """Remove a work folder, by its name (``rmtree`` never follows a link), held no longer."""
     if req.held is not None:
@@ -416,16 +440,24 @@ def _remove_work(req: Request, wd: Path) -> None:
     shutil.rmtree(wd, ignore_errors=True)
 
 
-def _tokenize(req: Request, work: Work, selected: range, t0: float) -> tuple[list[ChunkResult], Stats]:
-    """The selected chunks: those recorded by an earlier attempt, the rest tokenized now (and recorded)."""
+def _tokenize(req: Request, work: Work, selected: range, t0: float,
+              on_chunk: Callable[[ChunkResult], None] = lambda r: None) -> tuple[list[ChunkResult], Stats]:
+    """The selected chunks: those recorded by an earlier attempt, the rest tokenized now (and recorded).
+    ``on_chunk`` sees each chunk's result once, in any order: the earlier attempt's first."""
     stats = Stats(started=t0, bytes_total=sum(work.chunks[j].size for j in selected), chunks_total=len(selected))
+
+    def finished(r: ChunkResult) -> None:
+        chunk_plan.write_record(work.part_dir, r)
+        on_chunk(r)
+
     try:
         done, todo = chunk_plan.resume(work.part_dir, work.chunks, selected, req.keys, stats, work.snap,
                                        req.resume_check, threads=req.workers)
+        for r in sorted(done, key=lambda r: r.index):
+            on_chunk(r)
         tasks = (ChunkTask(i, work.chunks[i], work.part_dir, work.snap.get(work.chunks[i].path)) for i in todo)
         fresh = run_tasks(tasks, _setup(req, work.dtype), workers=max(1, min(req.workers, len(todo))), stats=stats,
-                          report=req.progress, on_result=lambda r: chunk_plan.write_record(work.part_dir, r),
-                          loaded=work.tok) if todo else []
+                          report=req.progress, on_result=finished, loaded=work.tok) if todo else []
     except (InputError, TokenizerError):
         _remove_work(req, work.dir)  # permanent: the input or tokenizer must change first
         raise
@@ -485,16 +517,23 @@ class _InputDigest:
 
 def _publish_merged(req: Request, tok: tokenization.Tokenizer, dtype: np.dtype, files: list[Path], work: Work,
                     results: list[ChunkResult], stats: Stats, t0: float,
-                    snap: Mapping[str, InputStat]) -> Manifest:
-    """Concatenate every chunk into one dataset per text key and publish them with the manifest."""
+                    snap: Mapping[str, InputStat], *, assembly: Assembly | None = None,
+                    digest: _InputDigest | None = None) -> Manifest:
+    """Concatenate every chunk into one dataset per text key and publish them with the manifest.
+    ``assembly``: begun while the chunks were made (in its own temporary folder), else begun here."""
     wd = work.dir
     if not sum(r.documents for r in results):
+        if assembly is not None:
+            assembly.close()
         _remove_work(req, wd)
         raise InputError(f"the inputs hold no records ({', '.join(map(str, files[:3])) or 'stream'})")
-    digest = _InputDigest(req.input_sha256, files)
-    tmp = new_tmp_dir(req.output_prefix, under=work.inside)
+    digest = digest or _InputDigest(req.input_sha256, files)
+    if assembly is None:
+        assembly = Assembly(req.keys, req.output_prefix, req.level, dtype, new_tmp_dir(req.output_prefix,
+                                                                                       under=work.inside))
+    tmp = assembly.tmp
     try:
-        assembled = assemble(results, req.keys, req.output_prefix, req.level, dtype, tmp)
+        assembled = assembly.finish(results)
         manifest = _manifest(req, tok, dtype, [a.output for a in assembled], stats, time.time() - t0,
                              input_sha256=digest.result(), provenance=req.provenance)
         chunk_plan.unchanged(snap)  # the inputs still are what was tokenized (and hashed)
@@ -503,6 +542,7 @@ def _publish_merged(req: Request, tok: tokenization.Tokenizer, dtype: np.dtype, 
         publish(req.output_prefix, [m for a in assembled for m in a.moves], manifest, tmp,
                 remove=layout.other_layout_names(req.output_prefix, req.keys, req.level, keep_shards=0))
     except BaseException:
+        assembly.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _remove_work(req, wd)

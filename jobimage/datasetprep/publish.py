@@ -68,12 +68,16 @@ def check_outputs(prefix: str, keys: Sequence[str], level: str, overwrite: bool)
             )
 
 
+ASSEMBLY_DIR_PREFIX = "assemble-"
+"""A temporary folder in a work folder (:func:`new_tmp_dir` with ``under``)."""
+
+
 def new_tmp_dir(prefix: str, under: Path | None = None, tag: str = "") -> Path:
     """A fresh folder for files about to be published under ``prefix`` (in ``under``, e.g. the work
     folder, or else next to the prefix, with the prefix's owner record)."""
     tag = f"{tag}{uuid.uuid4().hex[:8]}"
     if under is not None:
-        path = under / f"assemble-{tag}"
+        path = under / f"{ASSEMBLY_DIR_PREFIX}{tag}"
         path.mkdir()
         return path
     return ownership.make_owned_dir(tmp_dir(prefix, tag), Path(prefix).name)
@@ -103,16 +107,64 @@ class Assembled:
         return [Move(Path(self.tmp + ".bin"), name + ".bin", DATA), Move(Path(self.tmp + ".idx"), name + ".idx", COMMIT)]
 
 
+class Assembly:
+    """One dataset per text key, assembled in ``tmp`` while the run's chunks finish.
+
+    :meth:`add` takes each chunk's result as it arrives, in any order; the chunk's parts are appended
+    to the ``.bin`` files as soon as every chunk before it in ``order`` is in. :meth:`finish` appends
+    the rest, writes the ``.idx`` files and checks that what was appended early is the start of the
+    final list. Without ``order`` nothing is appended early (all of it is left to :meth:`finish`).
+    """
+
+    def __init__(self, keys: Sequence[str], prefix: str, level: str, dtype: np.dtype, tmp: Path,
+                 order: Iterable[int] = ()) -> None:
+        self.keys, self.prefix, self.level, self.dtype, self.tmp = list(keys), prefix, level, np.dtype(dtype), tmp
+        self._order = list(order)
+        self._waiting: dict[int, ChunkResult] = {}
+        self._taken: list[ChunkResult] = []
+        self._bins: list[indexed.BinAssembly] = []
+
+    def _names(self, key: str) -> tuple[str, str]:
+        final = naming.dataset_prefix(self.prefix, key, self.level)
+        return os.fspath(self.tmp / Path(final).name), final
+
+    def add(self, result: ChunkResult) -> None:
+        self._waiting[result.index] = result
+        while len(self._taken) < len(self._order) and self._order[len(self._taken)] in self._waiting:
+            r = self._waiting.pop(self._order[len(self._taken)])
+            if not self._bins:
+                self._bins = [indexed.BinAssembly(self._names(key)[0] + ".bin") for key in self.keys]
+            for b, part in zip(self._bins, r.parts):
+                b.append(part)
+            self._taken.append(r)
+
+    def finish(self, results: Sequence[ChunkResult]) -> list[Assembled]:
+        """Every chunk's parts, in the order of ``results``, as one dataset per key."""
+        early = [(r.index, r.parts) for r in self._taken]
+        if early != [(r.index, r.parts) for r in results[:len(early)]]:
+            raise BinarizeError("internal error: the chunks appended while the run went on are not the first "
+                                "of its results")
+        out = []
+        for k, key in enumerate(self.keys):
+            tmp_prefix, final = self._names(key)
+            info = indexed.assemble([r.parts[k] for r in results], tmp_prefix, self.dtype,
+                                    self._bins[k] if self._bins else None)
+            out.append(Assembled(ManifestOutput(key=key, prefix=Path(final).name, **info), tmp_prefix, final))
+        return out
+
+    def close(self) -> None:
+        """Give up: the open files closed (the caller removes ``tmp``)."""
+        for b in self._bins:
+            try:
+                b.close()
+            except (OSError, ValueError):
+                pass
+
+
 def assemble(results: Sequence[ChunkResult], keys: Sequence[str], prefix: str, level: str, dtype: np.dtype,
              tmp: Path) -> list[Assembled]:
     """Concatenate the chunks' parts, in plan order, into one dataset per text key in ``tmp``."""
-    out = []
-    for k, key in enumerate(keys):
-        final = naming.dataset_prefix(prefix, key, level)
-        tmp_prefix = os.fspath(tmp / Path(final).name)
-        info = indexed.assemble([r.parts[k] for r in results], tmp_prefix, dtype)
-        out.append(Assembled(ManifestOutput(key=key, prefix=Path(final).name, **info), tmp_prefix, final))
-    return out
+    return Assembly(keys, prefix, level, dtype, tmp).finish(results)
 
 
 def write_text(path: Path, text: str) -> None:
