@@ -337,3 +337,104 @@ def test_a_version_s_job_finishing_after_its_successor_s_does_not_prune_it(volum
     monkeypatch.setattr(blendjob, "expand", slow)
     write_blend(first, log=lambda _: None)
     assert sorted(p.name for p in zero.parent.iterdir()) == sorted([first.version, second.version])
+
+
+# ----------------------------------------------------------------------------- a files folder shared by blends
+
+
+def _blend(volume: Path, owner: str, generation: int, wiki: float, code: float, keep=()):
+    """The order of blend ``owner`` at ``generation`` (weights ``wiki``:``code``), in one shared folder."""
+    return blendconfig.order(plan_of(_weights(wiki, code) | {"mountPath": str(volume)}, *_components(volume)),
+                             str(volume / "shared-files"), keep, root=str(volume), owner=owner, generation=generation)
+
+
+def _listing(volume: Path) -> list[str]:
+    return sorted(p.name for p in (volume / "shared-files").iterdir() if not p.name.startswith(".datasetprep-lock"))
+
+
+def test_two_blends_sharing_a_files_folder_never_prune_each_other_s_versions(volume):
+    """Two DatasetBlends name one ``spec.files.path``. Each keeps changing; each prunes only its own
+    older versions, never the other's current one (which its training ConfigMap names)."""
+    a1 = _blend(volume, "uid-a", 1, 3, 1)
+    b1 = _blend(volume, "uid-b", 1, 1, 3)
+    for o in (a1, b1):
+        write_blend(o, log=lambda _: None)
+    a2 = _blend(volume, "uid-a", 2, 2, 1, keep=[a1.version])
+    write_blend(a2, log=lambda _: None)
+    assert _listing(volume) == sorted([a1.version, a2.version, b1.version])
+    a3 = _blend(volume, "uid-a", 3, 1, 1, keep=[a2.version])
+    write_blend(a3, log=lambda _: None)
+    assert _listing(volume) == sorted([a2.version, a3.version, b1.version])  # a1 went, b1 stays
+    b2 = _blend(volume, "uid-b", 2, 1, 2, keep=[b1.version])
+    b3 = _blend(volume, "uid-b", 3, 1, 4, keep=[b2.version])
+    write_blend(b2, log=lambda _: None)
+    write_blend(b3, log=lambda _: None)
+    assert _listing(volume) == sorted([a2.version, a3.version, b2.version, b3.version])
+    for o in (a2, a3, b2, b3):
+        assert (volume / "shared-files" / o.version / fmt.SEQUENCES_FILE).is_file()
+
+
+def test_a_version_s_job_starting_after_its_successor_wrote_does_not_prune_it(volume):
+    """The older generation's pod runs only after the newer one's Job wrote its version (both keep the
+    version the ConfigMap names): the newer version is there when the older Job starts, and stays."""
+    a0 = _blend(volume, "uid-a", 1, 3, 1)
+    write_blend(a0, log=lambda _: None)
+    newer = _blend(volume, "uid-a", 3, 1, 1, keep=[a0.version])
+    older = _blend(volume, "uid-a", 2, 2, 1, keep=[a0.version])
+    write_blend(newer, log=lambda _: None)
+    write_blend(older, log=lambda _: None)
+    assert _listing(volume) == sorted([a0.version, newer.version, older.version])
+    # the next generation prunes both of the older ones it does not keep
+    last = _blend(volume, "uid-a", 4, 1, 5, keep=[newer.version])
+    write_blend(last, log=lambda _: None)
+    assert _listing(volume) == sorted([newer.version, last.version])
+
+
+def test_a_version_two_blends_wrote_goes_when_the_last_of_them_prunes_it(volume):
+    """The same lists in one folder: one version (a content address) with both blends' marks. Written
+    again by the second blend, it is not replaced (no moment without it); the first blend's change takes
+    only its own mark; the second's takes the folder."""
+    a1 = _blend(volume, "uid-a", 1, 3, 1)
+    b1 = _blend(volume, "uid-b", 7, 3, 1)
+    assert a1.version == b1.version
+    write_blend(a1, log=lambda _: None)
+    inode = (volume / "shared-files" / a1.version / fmt.SEQUENCES_FILE).stat().st_ino
+    write_blend(b1, log=lambda _: None)
+    shared = volume / "shared-files" / a1.version
+    assert (shared / fmt.SEQUENCES_FILE).stat().st_ino == inode
+    assert sorted(p.name for p in shared.glob(".datasetprep-owner-*")) == [".datasetprep-owner-uid-a",
+                                                                          ".datasetprep-owner-uid-b"]
+    a2 = _blend(volume, "uid-a", 2, 2, 1, keep=[a1.version])
+    a3 = _blend(volume, "uid-a", 3, 1, 1, keep=[a2.version])
+    write_blend(a2, log=lambda _: None)
+    write_blend(a3, log=lambda _: None)
+    assert shared.is_dir() and [p.name for p in shared.glob(".datasetprep-owner-*")] == [".datasetprep-owner-uid-b"]
+    b2 = _blend(volume, "uid-b", 8, 1, 2, keep=[])
+    write_blend(b2, log=lambda _: None)
+    assert not shared.exists()
+
+
+def test_versions_without_an_owner_mark_are_left_and_said(volume):
+    """A version an older operator's Job wrote (no mark): the new Job leaves it and says so."""
+    old = _blend(volume, None, None, 3, 1)
+    write_blend(old, log=lambda _: None)
+    said = []
+    write_blend(_blend(volume, "uid-a", 2, 1, 1), log=said.append)
+    assert old.version in _listing(volume)
+    assert any("without an owner mark" in m and old.version in m for m in said), said
+
+
+def test_a_same_named_version_with_a_planted_link_inside_is_replaced_not_kept(volume, tmp_path):
+    """A version folder whose files equal the order's but one is a link (to a file outside the claim with the
+    same text): it is written anew, the link never kept or followed for writing."""
+    a1 = _blend(volume, "uid-a", 1, 3, 1)
+    write_blend(a1, log=lambda _: None)
+    final = volume / "shared-files" / a1.version
+    outside = tmp_path / "outside.json"
+    outside.write_bytes((final / fmt.SEQUENCES_FILE).read_bytes())
+    (final / fmt.SEQUENCES_FILE).unlink()
+    (final / fmt.SEQUENCES_FILE).symlink_to(outside)
+    write_blend(_blend(volume, "uid-b", 1, 3, 1), log=lambda _: None)
+    assert not (final / fmt.SEQUENCES_FILE).is_symlink()
+    assert sorted(p.name for p in final.glob(".datasetprep-owner-*")) == [".datasetprep-owner-uid-a",
+                                                                         ".datasetprep-owner-uid-b"]

@@ -11,16 +11,20 @@ where the training pods will (``spec.mountPath``). The Job:
    the header) and compares dtype and counts with what the DatasetPrep's status said -- a path that is wrong
    in the ConfigMap is a failed Job here, not a failed training start;
 3. writes ``data-args.txt`` or ``per-split-data-args.json`` and ``sequences-per-dataset.json``
-   (:mod:`datasetprep.blendformats`) into a new folder ``folder/version``, renamed into place at once, and
-   removes older versions except those the order keeps (the one the training ConfigMap names now).
+   (:mod:`datasetprep.blendformats`) into a new folder ``folder/version``, renamed into place at once, marked
+   as the blend's (``.datasetprep-owner-{uid}``, with the generation the order was made for), and removes
+   the blend's own older versions except those the order keeps (the one the training ConfigMap names now).
 
 Two files Jobs may write one folder at once (two DatasetBlends naming the same ``spec.files.path``, or a
 version and its successor, whose Job starts before the older one is deleted). Step 3 therefore runs under
 a lock on the folder (``.datasetprep-lock-blend-files``, ``flock``, held by one Job at a time; the kernel
 drops it when its holder dies): the temporary folder a Job writes (``.tmp-{version}-{random id}``) is its
 own, and a temporary found there while holding the lock is of a Job that is gone -- only those are
-removed. A Job prunes only versions that were there when it started: a version written by a Job that
-ran beside it (its successor, finishing first) is never pruned by it. With a claim (``order.root``) the folder is held by descriptor from the claim's root down
+removed. A Job prunes only versions that were there when it started, marked as its own blend's, of an
+earlier generation: a version written by a Job that ran beside it (its successor, finishing first), or
+before it started (its successor, whose pod ran first), and another blend's versions in a shared folder
+are never pruned by it. A version two blends wrote (the same lists in the same folder) goes when the last
+of them prunes it. With a claim (``order.root``) the folder is held by descriptor from the claim's root down
 (:class:`~datasetprep.volumes.HeldFolder`): a folder above it swapped for a link while the Job works
 redirects nothing, and the Job fails naming it.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import posixpath
 import re
@@ -156,33 +161,103 @@ def _versions(folder: Path) -> set[str]:
     return {e.name for e in os.scandir(folder) if _VERSION.match(e.name) and e.is_dir(follow_symlinks=False)}
 
 
-def _publish(folder: Path, version: str, texts: dict[str, str], prune: set[str], *, lock_wait: float = 0.0,
-             held: HeldFolder | None = None) -> None:
-    """Write ``folder/version`` (a temporary of this Job renamed into place) and remove the versions in
-    ``prune``, under the folder's lock; ``folder`` is the held path when ``held``."""
+OWNER_MARK = ".datasetprep-owner-"
+"""``{version}/.datasetprep-owner-{blend uid}``: the version is this blend's (JSON ``{"generation": N}``).
+A version two blends wrote (the same lists in the same folder: the same content address) has two marks."""
+
+
+def _marks(version_dir: Path) -> dict[str, int]:
+    """Owner uid -> generation of every mark in a version folder (an unreadable mark counts as generation -1)."""
+    marks = {}
+    for e in os.scandir(version_dir):
+        if e.name.startswith(OWNER_MARK) and e.is_file(follow_symlinks=False):
+            try:
+                marks[e.name[len(OWNER_MARK):]] = int(json.loads(Path(e.path).read_text())["generation"])
+            except (OSError, ValueError, KeyError, TypeError):
+                marks[e.name[len(OWNER_MARK):]] = -1
+    return marks
+
+
+def _same_files(final: Path, texts: dict[str, str]) -> bool:
+    """``final`` is a folder (not a link) holding exactly these files' texts, as plain files."""
+    def read(path: Path) -> bytes:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+    if final.is_symlink() or not final.is_dir():
+        return False
+    try:
+        return all(read(final / name) == text.encode("utf-8") for name, text in texts.items())
+    except OSError:
+        return False
+
+
+def _publish(folder: Path, order: BlendOrder, texts: dict[str, str], candidates: set[str], *,
+             lock_wait: float = 0.0, held: HeldFolder | None = None, log: Callable[[str], None] = print) -> None:
+    """Write ``folder/version`` (a temporary of this Job renamed into place; a version already there with the
+    same files gets this blend's mark only) and prune, of ``candidates``, the versions this order may
+    remove (:func:`_prunable`), under the folder's lock; ``folder`` is the held path when ``held``."""
+    version = order.version
+    mark = {f"{OWNER_MARK}{order.owner}": json.dumps({"generation": order.generation or 0})} if order.owner else {}
     with ownership.PrefixLock(folder, LOCK_NAME, wait=lock_wait, who="datasetprep job (DatasetBlend files)"):
         for entry in folder.iterdir():  # the lock is ours: a temporary here is of a Job that is gone
             if entry.name.startswith(_TMP) and entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
         final = folder / version
-        tmp = folder / f"{_TMP}{version}-{uuid.uuid4().hex[:16]}"
-        tmp.mkdir()
-        try:
-            for name, text in texts.items():
-                write_text(tmp / name, text)
-            if held is not None:
-                held.check(then="no blend files were written")
-            if final.is_symlink():  # not ours: the link goes, never what it points at
-                final.unlink()
-            elif final.exists():  # the same order ran before (a retried pod): same content, replaced whole
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        if _same_files(final, texts):  # written before (a retried pod, or another blend with the same lists)
+            for name, text in mark.items():
+                write_text(final / name, text)
+            fsync_dir(final)
+        else:
+            tmp = folder / f"{_TMP}{version}-{uuid.uuid4().hex[:16]}"
+            tmp.mkdir()
+            try:
+                for name, text in texts.items():
+                    write_text(tmp / name, text)
+                others = _marks(final) if final.is_dir() and not final.is_symlink() else {}
+                for owner, generation in others.items():  # a damaged version: replaced, its owners kept
+                    if f"{OWNER_MARK}{owner}" not in mark:
+                        write_text(tmp / f"{OWNER_MARK}{owner}", json.dumps({"generation": generation}))
+                for name, text in mark.items():
+                    write_text(tmp / name, text)
+                if held is not None:
+                    held.check(then="no blend files were written")
+                if final.is_symlink():  # not ours: the link goes, never what it points at
+                    final.unlink()
+                elif final.exists():
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         fsync_dir(folder)
-        for name in _versions(folder) & (prune - {version}):  # links are never followed
-            shutil.rmtree(folder / name, ignore_errors=True)
+        _prune(folder, order, candidates & _versions(folder) - {version}, log)
+
+
+def _prune(folder: Path, order: BlendOrder, candidates: set[str], log: Callable[[str], None]) -> None:
+    """Remove what this order may remove of ``candidates`` (versions not kept that were there when the Job
+    started). An order of an older operator (no owner): all of them. Else only versions marked as this
+    blend's, of an earlier generation: this blend's mark goes, and the folder with it once no other
+    blend's mark is left. Versions without any mark (written before marks existed) are left, and said."""
+    unmarked = []
+    for name in sorted(candidates):
+        path = folder / name  # a version is never a link (_versions)
+        if order.owner is None:
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        marks = _marks(path)
+        if not marks:
+            unmarked.append(name)
+            continue
+        if order.owner not in marks or marks[order.owner] >= (order.generation or 0):
+            continue  # another blend's, or this blend's newer one (its Job finished first)
+        if len(marks) == 1:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path / f"{OWNER_MARK}{order.owner}")
+    if unmarked:
+        log(f"left {len(unmarked)} older version(s) in {folder} without an owner mark (written by an older "
+            f"operator, or not by one): {', '.join(unmarked)}; delete them by hand once no training pod uses them")
 
 
 def write_blend(order: BlendOrder, *, log: Callable[[str], None] = print, lock_wait: float = 0.0) -> BlendWritten:
@@ -195,7 +270,7 @@ def write_blend(order: BlendOrder, *, log: Callable[[str], None] = print, lock_w
         older = _versions(at) - set(order.keep)  # what this Job may prune: nothing written beside it
         lists, counts = expand(order)
         texts = render(lists, counts)
-        _publish(at, order.version, texts, older, lock_wait=lock_wait, held=held)
+        _publish(at, order, texts, older, lock_wait=lock_wait, held=held, log=log)
         if held is not None:
             held.check(then=f"the blend files were written in the folder the Job held, not at {order.folder}")
     final = folder / order.version

@@ -271,6 +271,13 @@ class BlendOrder(BaseModel):
     root: str | None = None
     """Where the claim that holds ``folder`` is mounted: ``folder`` must resolve inside it (a symbolic link
     planted on the volume cannot send the files elsewhere). None: not checked (an order of an older operator)."""
+    owner: str | None = Field(default=None, pattern=r"^[0-9A-Za-z][0-9A-Za-z-]{0,63}$")
+    """The DatasetBlend's uid. The Job marks the version it writes as this blend's and prunes only versions
+    marked as this blend's, of an earlier ``generation``: two blends may name one folder, and a version's Job
+    may start after its successor's. None (an order of an older operator): every version not kept that was
+    there when the Job started is pruned."""
+    generation: int | None = None
+    """The blend's ``metadata.generation`` this order was made for."""
 
     def to_json(self) -> str:
         return compact_json(self.model_dump(mode="json", exclude_none=True))

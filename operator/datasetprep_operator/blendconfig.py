@@ -52,9 +52,12 @@ def files_folder(spec: DatasetBlendSpec, name: str, mounts: Mapping[str, str], c
 # --------------------------------------------------------------------------- the files Job's order
 
 
-def order(plan: BlendPlan, folder: str, keep: Sequence[str] = (), root: str | None = None) -> BlendOrder:
-    """What the files Job checks and writes; its version (subfolder) is the content address of the rest.
-    ``root``: the files claim's mount path, which the Job holds ``folder`` to."""
+def order(plan: BlendPlan, folder: str, keep: Sequence[str] = (), root: str | None = None, *,
+          owner: str | None = None, generation: int | None = None) -> BlendOrder:
+    """What the files Job checks and writes; its version (subfolder) is the content address of the lists
+    and the folder. ``root``: the files claim's mount path, which the Job holds ``folder`` to; ``owner``
+    and ``generation``: the blend's uid and generation, which mark the version (see
+    :class:`~datasetprep.contract.BlendOrder`)."""
     lists: dict[str, tuple[BlendSource, ...]] = {}
     for split, entries in plan.lists.items():
         sources = []
@@ -73,7 +76,7 @@ def order(plan: BlendPlan, folder: str, keep: Sequence[str] = (), root: str | No
             "folder": folder}
     version = digest({"order": json.dumps(body, sort_keys=True)})[:VERSION_LEN]
     return BlendOrder(lists=lists, folder=folder, version=version, keep=tuple(k for k in keep if k != version),
-                      root=root)
+                      root=root, owner=owner, generation=generation)
 
 
 def expected_listing(plan: BlendPlan) -> str | None:

@@ -109,7 +109,7 @@ def _reconcile(res: Resource, ctx: Context, seen: BlendSeen) -> BlendOutcome:
     plan = blending.plan(spec, {key: data[key] for key in data}, files_claim=claim)
     folder = blendconfig.files_folder(spec, res.name, plan.mounts, claim)
     keep = [current.files.digest] if current.files and current.files.digest else []
-    order = blendconfig.order(plan, folder, keep, root=plan.mounts[claim])
+    order = blendconfig.order(plan, folder, keep, root=plan.mounts[claim], owner=res.uid, generation=res.generation)
     outcome = _files(res, ctx, seen, spec, plan, order, current, claim)
     return _with_figures(outcome, plan, current)
 
