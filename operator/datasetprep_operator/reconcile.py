@@ -424,10 +424,6 @@ def _delete_superseded_jobs(res: Resource, ctx: Context, seen: Seen, *, keep: Co
 # --------------------------------------------------------------------------- a run in progress
 
 
-def _run_pods(seen: Seen, namespace: str, job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return watched_pods(seen.pods, namespace, job)
-
-
 def watched_pods(pods: Callable[[str, str], "list[Mapping[str, Any]]"], namespace: str,
                  job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The watched pods of this very Job (a Job of the same name deleted and recreated has other ones)."""
@@ -451,7 +447,7 @@ def _running(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, job
     attempt, or why its pods cannot start."""
     name = job["metadata"]["name"]
     status = res.status
-    pods = _run_pods(seen, res.namespace, job)
+    pods = watched_pods(seen.pods, res.namespace, job)
     start = ((shard_job or {}).get("status") or {}).get("startTime") or (job.get("status") or {}).get("startTime") \
         or (status.start_time if status.job_name in jobs.names else None)
     attempt, last_failure = attempt_failure(job, pods)
@@ -616,7 +612,7 @@ def job_error(res: Resource, ctx: Context, job: Mapping[str, Any], pods: list[Ma
 
 def _job_failed(res: Resource, ctx: Context, seen: Seen, job: Mapping[str, Any], name: str) -> Outcome:
     """The Job gave up: report the job's own error message (termination message, else log tail)."""
-    pods = ended_pods(ctx, _run_pods(seen, res.namespace, job), res.namespace, job, succeeded=False)
+    pods = ended_pods(ctx, watched_pods(seen.pods, res.namespace, job), res.namespace, job, succeeded=False)
     error = job_error(res, ctx, job, pods)
     message = f"Job {name} failed: {error or 'no reason given'}; fix the cause, {retry_hint(res.name)}"
     return Outcome(failed_status(res.status, reason="JobFailed", message=message, generation=res.generation,
@@ -627,7 +623,7 @@ def _job_failed(res: Resource, ctx: Context, seen: Seen, job: Mapping[str, Any],
 def _job_succeeded(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, job: Mapping[str, Any],
                    name: str, *, keep: Collection[str]) -> Outcome:
     """The Job that publishes completed: read its report, publish the training ConfigMap, then declare Ready."""
-    pods = ended_pods(ctx, _run_pods(seen, res.namespace, job), res.namespace, job, succeeded=True)
+    pods = ended_pods(ctx, watched_pods(seen.pods, res.namespace, job), res.namespace, job, succeeded=True)
     result: JobResult
     if has_succeeded_pod(pods):
         result = last_result(pods)
