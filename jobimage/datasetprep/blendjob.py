@@ -47,7 +47,7 @@ from .errors import BinarizeError
 from .indexed import IndexHeader, read_header
 from .layout import fsync_dir
 from .publish import write_text
-from .volumes import HeldFolder, confine
+from .volumes import HeldFolder, confine, read_nofollow
 
 _VERSION = re.compile(r"^[0-9a-f]{8,64}$")
 _TMP = ".tmp-"
@@ -180,14 +180,10 @@ def _marks(version_dir: Path) -> dict[str, int]:
 
 def _same_files(final: Path, texts: dict[str, str]) -> bool:
     """``final`` is a folder (not a link) holding exactly these files' texts, as plain files."""
-    def read(path: Path) -> bytes:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
     if final.is_symlink() or not final.is_dir():
         return False
     try:
-        return all(read(final / name) == text.encode("utf-8") for name, text in texts.items())
+        return all(read_nofollow(final / name) == text.encode("utf-8") for name, text in texts.items())
     except OSError:
         return False
 
@@ -196,7 +192,7 @@ def _publish(folder: Path, order: BlendOrder, texts: dict[str, str], candidates:
              lock_wait: float = 0.0, held: HeldFolder | None = None, log: Callable[[str], None] = print) -> None:
     """Write ``folder/version`` (a temporary of this Job renamed into place; a version already there with the
     same files gets this blend's mark only) and prune, of ``candidates``, the versions this order may
-    remove (:func:`_prunable`), under the folder's lock; ``folder`` is the held path when ``held``."""
+    remove (:func:`_prune`), under the folder's lock; ``folder`` is the held path when ``held``."""
     version = order.version
     mark = {f"{OWNER_MARK}{order.owner}": json.dumps({"generation": order.generation or 0})} if order.owner else {}
     with ownership.PrefixLock(folder, LOCK_NAME, wait=lock_wait, who="datasetprep job (DatasetBlend files)"):

@@ -28,6 +28,7 @@ from typing import Any
 
 from . import indexed, readers
 from .errors import InputChanged, InputError
+from .volumes import read_nofollow
 from .limits import DEFAULT_MAX_DOCUMENT_BYTES, ResumeCheck
 from .readers import Chunk
 from .stats import Stats
@@ -160,12 +161,6 @@ def write_record(part_dir: str, result: ChunkResult) -> None:
     os.replace(final + ".tmp", final)
 
 
-def _read_nofollow(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
-
-
 def _file_matches(path: str, size: int, sha: str) -> bool:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
@@ -180,7 +175,7 @@ def load_record(part_dir: str, index: int, keys: tuple[str, ...] | int, chunk: r
     input bytes than ``chunk`` of a file with identity ``expect`` now holds."""
     nkeys = keys if isinstance(keys, int) else len(keys)
     try:
-        doc = json.loads(_read_nofollow(record_path(part_dir, index)))
+        doc = json.loads(read_nofollow(record_path(part_dir, index)))
         if chunk is not None and not _input_matches(doc.get("input"), chunk, expect, keys, check):
             return None
         parts = []

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import naming, ownership
 from .contract import Manifest, ManifestOutput, ShardDataset
 from .errors import BinarizeError
-from .volumes import inside
+from .volumes import inside, read_nofollow
 
 
 def manifest_path(prefix: str | Path) -> Path:
@@ -82,9 +82,7 @@ def tmp_dir(prefix: str | Path, tag: str) -> Path:
 def read_manifest(path: str | Path) -> Manifest | None:
     """The manifest at ``path``, or None if it is missing or not one (a link there is not followed)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "r", encoding="utf-8") as f:
-            return Manifest.read(f.read())
+        return Manifest.read(read_nofollow(path).decode("utf-8"))
     except (OSError, UnicodeDecodeError):
         return None
 

@@ -115,6 +115,15 @@ class FolderSwapped(ConfinementError):
 
 
 PROC_FD = "/proc/self/fd"
+
+
+def read_nofollow(path: str | os.PathLike) -> bytes:
+    """A whole file's bytes; a link at ``path`` is not followed (OSError ELOOP)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
