@@ -368,6 +368,39 @@ def test_ignore_merges_changes_ids_and_is_reproduced():
         assert (ids(enc, "abc") == [vocab["abc"]]) is im
 
 
+def unseen_word_texts(n: int, seed: int) -> list[str]:
+    """Texts of words mostly absent from a small vocab, 1 to 70 bytes long (either side of the
+    engine's bounds: 8 ids in a cache slot, 24-byte inline keys, 32 symbols merged by scanning),
+    many different ones per text, some repeated at once, with specials and numbers between: the
+    engine merges the words its cache lacks together, a step of each in turn."""
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyzéßжö中"
+    out = []
+    for _ in range(n):
+        words = []
+        for _ in range(rng.choice([1, 3, 40, 300])):
+            w = "".join(rng.choice(letters) for _ in range(rng.choice([1, 2, 5, 9, 17, 25, 33, 70])))
+            words.append(w)
+            if rng.random() < 0.1:
+                words.append(w)  # the same unseen word twice in one batch
+            if rng.random() < 0.05:
+                words.append(rng.choice(["<|begin_of_text|>", "<|endoftext|>", "12345", "\n"]))
+        out.append(" ".join(words))
+    return out
+
+
+@pytest.mark.parametrize("style", ["llama3", "gpt2"])
+def test_unseen_words_merged_together_exact(style):
+    tok = llama3_style(train_texts(), 1200) if style == "llama3" else gpt2_style(train_texts(), 1200)
+    hf = Tokenizer.from_str(tok.to_str())
+    texts = unseen_word_texts(400, 23)
+    want = reference(hf, texts)
+    for cache_size in (1 << 16, 64, 0):  # the default, one that keeps evicting, none
+        enc = ByteLevelBPE.from_json(hf.to_str(), cache_size=cache_size)
+        assert_same(want, enc, texts, label=f"{style} cache_size={cache_size}")
+        assert_same(want, enc, texts, label=f"{style} cache_size={cache_size}, cache filled")
+
+
 def test_pair_vs_token_rank_semantics():
     """HF merges by pair rank (not by rank of the merged token as tiktoken does)."""
     alpha = pre_tokenizers.ByteLevel.alphabet()

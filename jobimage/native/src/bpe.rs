@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 /// Words with at most this many initial symbols are merged by scanning.
-const SCAN_MAX: usize = 16;
+pub const SCAN_MAX: usize = 32;
 
 /// What HF's `BPE::merge_word` does with one byte-level character (= one input byte).
 #[derive(Clone, Debug)]
@@ -53,9 +53,47 @@ pub struct BpeModel {
 /// Reusable buffers (no allocation per word).
 #[derive(Default)]
 pub struct Scratch {
-    ids: Vec<u32>,
+    pub ids: Vec<u32>,
     symbols: Vec<Symbol>,
     heap: BinaryHeap<Reverse<(u32, u32, u32)>>, // (rank, pos, new_id): min-heap on (rank, pos)
+}
+
+/// `ShortMerge::reload`: every pair / no pair.
+const ALL: usize = usize::MAX - 1;
+const NONE: usize = usize::MAX;
+
+/// The merge of one word of at most `SCAN_MAX` initial symbols, one step at a time
+/// ([`BpeModel::merge_step`]).
+#[derive(Clone, Copy)]
+pub struct ShortMerge {
+    sym: [u32; 2 * SCAN_MAX],
+    /// rank and merged id of the pair `(sym[i], sym[i + 1])`
+    rank: [u32; 2 * SCAN_MAX],
+    merged: [u32; 2 * SCAN_MAX],
+    /// live symbols
+    m: usize,
+    /// the pairs to read at the next step (their loads started): positions, [`ALL`] or [`NONE`]
+    reload: [usize; 2],
+}
+
+impl Default for ShortMerge {
+    fn default() -> Self {
+        Self {
+            sym: [0; 2 * SCAN_MAX],
+            rank: [u32::MAX; 2 * SCAN_MAX],
+            merged: [0; 2 * SCAN_MAX],
+            m: 0,
+            reload: [NONE, NONE],
+        }
+    }
+}
+
+impl ShortMerge {
+    /// The word's ids (once no step is left).
+    #[inline]
+    pub fn ids(&self) -> &[u32] {
+        &self.sym[..self.m]
+    }
 }
 
 impl BpeModel {
@@ -84,6 +122,18 @@ impl BpeModel {
         self.merge_word(word, scratch, out);
     }
 
+    /// The id of a word that is a whole token, when whole words are looked up (`ignore_merges`).
+    #[inline(always)]
+    pub fn whole_short(&self, k: &ShortKey) -> Option<u32> {
+        self.whole_word.as_ref().and_then(|ww| ww.get_short(k))
+    }
+
+    /// [`whole_short`](Self::whole_short) for any word.
+    #[inline]
+    pub fn whole(&self, w: &[u8]) -> Option<u32> {
+        self.whole_word.as_ref().and_then(|ww| ww.get(w))
+    }
+
     /// [`tokenize`](Self::tokenize) for a word whose key is at hand.
     #[inline]
     pub fn tokenize_short(&self, k: &ShortKey, word: &[u8], scratch: &mut Scratch, out: &mut Vec<u32>) {
@@ -96,7 +146,8 @@ impl BpeModel {
         self.merge_word(word, scratch, out);
     }
 
-    fn merge_word(&self, word: &[u8], scratch: &mut Scratch, out: &mut Vec<u32>) {
+    /// BPE merges of a word (no whole-word lookup).
+    pub fn merge_word(&self, word: &[u8], scratch: &mut Scratch, out: &mut Vec<u32>) {
         if word.is_empty() {
             return;
         }
@@ -111,7 +162,7 @@ impl BpeModel {
     }
 
     /// `BPE::merge_word`: the initial symbols of a word.
-    fn initial_symbols(&self, word: &[u8], ids: &mut Vec<u32>) {
+    pub fn initial_symbols(&self, word: &[u8], ids: &mut Vec<u32>) {
         ids.clear();
         let mut unk: Option<u32> = None; // pending unk id (lengths are irrelevant for ids)
         for &b in word {
@@ -142,56 +193,87 @@ impl BpeModel {
         }
     }
 
-    /// Merge the current pair with the lowest `(rank, position)` until none is left.  The
-    /// symbols and their pairs' ranks are small contiguous arrays on the stack; removing a
-    /// symbol moves a fixed block of `SCAN_MAX` entries (a few vector moves, no call).
+    /// Merge the current pair with the lowest `(rank, position)` until none is left.
     fn merge_scan(&self, scratch: &mut Scratch) {
-        let ids = &mut scratch.ids;
-        let n = ids.len();
-        if n < 2 {
+        let mut st = ShortMerge::default();
+        if !self.merge_start(&mut st, &scratch.ids) {
             return;
         }
+        while self.merge_step(&mut st) {}
+        scratch.ids.clear();
+        scratch.ids.extend_from_slice(st.ids());
+    }
+
+    /// The symbols of a word, ready for [`merge_step`](Self::merge_step) (the loads of its pairs
+    /// started); false when there is nothing to merge (fewer than two symbols).
+    #[inline]
+    pub fn merge_start(&self, st: &mut ShortMerge, ids: &[u32]) -> bool {
+        let n = ids.len();
         debug_assert!(n <= SCAN_MAX);
-        let mut sym = [0u32; 2 * SCAN_MAX];
-        sym[..n].copy_from_slice(ids);
-        for i in 0..n - 1 {
-            self.merges.prefetch(sym[i], sym[i + 1]);
+        st.sym[..n].copy_from_slice(ids);
+        st.m = n;
+        st.reload = [ALL, NONE];
+        if n < 2 {
+            return false;
         }
-        // rank and merged id of the pair (sym[i], sym[i + 1])
-        let mut rank = [u32::MAX; 2 * SCAN_MAX];
-        let mut merged = [0u32; 2 * SCAN_MAX];
         for i in 0..n - 1 {
-            (rank[i], merged[i]) = self.merge_of(sym[i], sym[i + 1]);
+            self.merges.prefetch(st.sym[i], st.sym[i + 1]);
         }
-        let mut m = n; // live symbols
-        while m > 1 {
-            let mut best = 0;
-            let mut best_rank = u32::MAX;
-            for (i, &r) in rank[..m - 1].iter().enumerate() {
-                if r < best_rank {
-                    best_rank = r;
-                    best = i;
+        true
+    }
+
+    /// One merge of a short word: read the pairs the last step changed (their loads were started
+    /// then), merge the pair with the lowest `(rank, position)` and start the loads of the one or
+    /// two pairs it changes.  The symbols and their pairs' ranks are small contiguous arrays;
+    /// removing a symbol moves a fixed block of `SCAN_MAX` entries (a few vector moves, no call).
+    /// False when no merge is left (the word is done).  Steps of several words can be taken in
+    /// turn, so that one word's loads overlap the others' work (see `Engine::flush`).
+    #[inline]
+    pub fn merge_step(&self, st: &mut ShortMerge) -> bool {
+        let m = st.m;
+        if st.reload[0] == ALL {
+            for i in 0..m - 1 {
+                (st.rank[i], st.merged[i]) = self.merge_of(st.sym[i], st.sym[i + 1]);
+            }
+        } else {
+            for p in st.reload {
+                if p != NONE {
+                    (st.rank[p], st.merged[p]) = self.merge_of(st.sym[p], st.sym[p + 1]);
                 }
             }
-            if best_rank == u32::MAX {
-                break;
-            }
-            sym[best] = merged[best];
-            shift_left(&mut sym, best + 1);
-            shift_left(&mut rank, best + 1);
-            shift_left(&mut merged, best + 1);
-            m -= 1;
-            if best + 1 < m {
-                (rank[best], merged[best]) = self.merge_of(sym[best], sym[best + 1]);
-            } else {
-                rank[best] = u32::MAX;
-            }
-            if best > 0 {
-                (rank[best - 1], merged[best - 1]) = self.merge_of(sym[best - 1], sym[best]);
+        }
+        if m < 2 {
+            return false;
+        }
+        let mut best = 0;
+        let mut best_rank = u32::MAX;
+        for (i, &r) in st.rank[..m - 1].iter().enumerate() {
+            if r < best_rank {
+                best_rank = r;
+                best = i;
             }
         }
-        ids.clear();
-        ids.extend_from_slice(&sym[..m]);
+        if best_rank == u32::MAX {
+            return false;
+        }
+        st.sym[best] = st.merged[best];
+        shift_left(&mut st.sym, best + 1);
+        shift_left(&mut st.rank, best + 1);
+        shift_left(&mut st.merged, best + 1);
+        let m = m - 1;
+        st.m = m;
+        st.reload = [NONE, NONE];
+        if best + 1 < m {
+            st.reload[0] = best;
+            self.merges.prefetch(st.sym[best], st.sym[best + 1]);
+        } else {
+            st.rank[best] = u32::MAX;
+        }
+        if best > 0 {
+            st.reload[1] = best - 1;
+            self.merges.prefetch(st.sym[best - 1], st.sym[best]);
+        }
+        m > 1
     }
 
     /// `Word::merge_all` with its priority queue, for long words.

@@ -56,24 +56,25 @@ impl WordCache {
         prefetch(&self.slots.as_ref()[self.slot(k)]);
     }
 
+    /// Start loading the small table's slot of `k`.
+    #[inline(always)]
+    pub fn prefetch_small(&self, k: &ShortKey) {
+        prefetch(&self.small[k.hash as usize & self.small_mask]);
+    }
+
     /// The ids of `k` from the small table: their number, or None.
     #[inline(always)]
     pub fn get_small(&self, k: &ShortKey, ids: &mut [u32; IDS_MAX]) -> Option<usize> {
         read_slot(&self.small[k.hash as usize & self.small_mask], k, ids)
     }
 
-    /// Appends the cached ids of `k` to `out` (and keeps them in the small table); false when
-    /// not cached.
+    /// The cached ids of `k` (their number; the slot is kept in the small table too), or None.
     #[inline(always)]
-    pub fn get_short(&mut self, k: &ShortKey, out: &mut Vec<u32>) -> bool {
+    pub fn get_short(&mut self, k: &ShortKey, ids: &mut [u32; IDS_MAX]) -> Option<usize> {
         let s = self.slots.as_ref()[self.slot(k)];
-        let mut ids = [0u32; IDS_MAX];
-        let Some(n) = read_slot(&s, k, &mut ids) else {
-            return false;
-        };
-        push_ids(out, &ids, n);
+        let n = read_slot(&s, k, ids)?;
         self.small[k.hash as usize & self.small_mask] = s;
-        true
+        Some(n)
     }
 
     #[inline]

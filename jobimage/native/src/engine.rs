@@ -10,7 +10,7 @@
 //! 3. BPE on every pre-token (with a bounded word cache).
 //! 4. Post-processing template (special tokens around the sequence) iff `add_special_tokens`.
 
-use crate::bpe::{BpeModel, Scratch};
+use crate::bpe::{BpeModel, Scratch, ShortMerge, SCAN_MAX};
 use crate::bpe::ByteInit;
 use crate::cache::{push_ids, WordCache, IDS_MAX, MAX_CACHED_WORD};
 use crate::table::{ShortKey, KEY_MAX};
@@ -152,22 +152,32 @@ enum Pending {
     /// A word found in the small cache at once.
     Ids([u32; IDS_MAX], u8),
     Short(ShortKey),
+    /// A word being merged: `Cache::jobs[j]`.
+    Merge(ShortKey, u8),
     /// `long_bytes[start..start + len]`
     Long(usize, usize),
+    /// A long word being merged: `long_bytes[start..start + len]`, `Cache::jobs[j]`.
+    LongMerge(usize, usize, u8),
 }
 
 /// Pre-tokens queued before their word-cache lookups.
-const PENDING_MAX: usize = 32;
+const PENDING_MAX: usize = 64;
+const _: () = assert!(PENDING_MAX <= 256, "job numbers are u8");
 
 /// Per-thread state: the word cache, and pre-tokens queued for lookup.  Pre-tokens are queued
-/// (their cache slot prefetched) and resolved in order `PENDING_MAX` at a time, so that the
-/// slot loads overlap; every other id written to the output flushes the queue first.
+/// (their cache slot prefetched) and resolved `PENDING_MAX` at a time, so that the loads of
+/// their slots overlap; so do those of the words the cache lacks (whole-token slots, then the
+/// merges of all of them in turn, see [`Engine::flush`]).  Every other id written to the output
+/// flushes the queue first.
 pub struct Cache {
     words: WordCache,
     scratch: Scratch,
     tmp: Vec<u32>,
     pending: Vec<Pending>,
     long_bytes: Vec<u8>,
+    /// The merges of the queued words the cache lacks, and those of them not done.
+    jobs: Vec<ShortMerge>,
+    active: Vec<u8>,
 }
 
 impl Cache {
@@ -178,6 +188,8 @@ impl Cache {
             tmp: Vec::new(),
             pending: Vec::with_capacity(PENDING_MAX),
             long_bytes: Vec::new(),
+            jobs: Vec::with_capacity(PENDING_MAX),
+            active: Vec::with_capacity(PENDING_MAX),
         }
     }
 }
@@ -377,13 +389,8 @@ impl Engine {
             let ByteInit::Id(id) = self.bpe.byte_init[w[0] as usize] else { unreachable!() };
             Pending::Id(id)
         } else if let (true, Some(k)) = (self.cache_size > 0, ShortKey::new(w)) {
-            let mut ids = [0u32; IDS_MAX];
-            if let Some(n) = cache.words.get_small(&k, &mut ids) {
-                Pending::Ids(ids, n as u8)
-            } else {
-                cache.words.prefetch(&k);
-                Pending::Short(k)
-            }
+            cache.words.prefetch_small(&k);
+            Pending::Short(k)
         } else {
             let start = cache.long_bytes.len();
             cache.long_bytes.extend_from_slice(w);
@@ -395,7 +402,12 @@ impl Engine {
         }
     }
 
-    /// Resolve the queued pre-tokens, in order.
+    /// Resolve the queued pre-tokens and write their ids, in order.  Most pre-tokens are in the
+    /// word cache (its slots were prefetched when they were queued).  For the others the loads
+    /// that follow are random reads of tables of several MiB, each waiting on the one before: the
+    /// whole-token lookup, then every merge step's pair lookups.  So they are done for all of
+    /// them at once: the whole-token slots are prefetched together, then the short words' merges
+    /// are taken a step each in turn, each step starting the loads the word's next step reads.
     fn flush(&self, cache: &mut Cache, out: &mut Vec<u32>) {
         let Cache {
             words,
@@ -403,20 +415,125 @@ impl Engine {
             tmp,
             pending,
             long_bytes,
+            jobs,
+            active,
         } = cache;
+        // 1. the word cache: its small table (whose slots were prefetched when the words were
+        //    queued), then the main one; start loading the whole-token slots of the words it lacks
+        let mut small_missed = false;
+        for p in pending.iter_mut() {
+            if let Pending::Short(k) = p {
+                let mut ids = [0u32; IDS_MAX];
+                match words.get_small(k, &mut ids) {
+                    Some(n) => *p = Pending::Ids(ids, n as u8),
+                    None => {
+                        words.prefetch(k);
+                        small_missed = true;
+                    }
+                }
+            }
+        }
+        let mut missed = false;
+        for p in pending.iter_mut() {
+            match p {
+                Pending::Short(k) if small_missed => {
+                    let mut ids = [0u32; IDS_MAX];
+                    match words.get_short(k, &mut ids) {
+                        Some(n) => *p = Pending::Ids(ids, n as u8),
+                        None => {
+                            self.bpe.prefetch(k);
+                            missed = true;
+                        }
+                    }
+                }
+                Pending::Long(..) => missed = true,
+                _ => {}
+            }
+        }
+        // 2. whole tokens; the merges of words of at most SCAN_MAX symbols started (longer ones
+        //    are merged alone below)
+        if missed {
+            jobs.clear();
+            active.clear();
+            for p in pending.iter_mut() {
+                let mut job = |ids: &[u32]| {
+                    if ids.len() > SCAN_MAX {
+                        return None;
+                    }
+                    let j = jobs.len();
+                    jobs.push(ShortMerge::default());
+                    if self.bpe.merge_start(&mut jobs[j], ids) {
+                        active.push(j as u8);
+                    }
+                    Some(j as u8)
+                };
+                match *p {
+                    Pending::Short(k) => {
+                        if let Some(id) = self.bpe.whole_short(&k) {
+                            words.put_short(&k, &[id]);
+                            *p = Pending::Id(id);
+                            continue;
+                        }
+                        let mut buf = [0u8; KEY_MAX];
+                        let n = k.bytes(&mut buf);
+                        self.bpe.initial_symbols(&buf[..n], &mut scratch.ids);
+                        if let Some(j) = job(&scratch.ids) {
+                            *p = Pending::Merge(k, j);
+                        }
+                    }
+                    Pending::Long(start, len) => {
+                        let w = &long_bytes[start..start + len];
+                        if self.cache_size > 0 && len <= MAX_CACHED_WORD && words.get_long(w).is_some() {
+                            continue;
+                        }
+                        if let Some(id) = self.bpe.whole(w) {
+                            *p = Pending::Id(id);
+                            continue;
+                        }
+                        self.bpe.initial_symbols(w, &mut scratch.ids);
+                        if let Some(j) = job(&scratch.ids) {
+                            *p = Pending::LongMerge(start, len, j);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // 3. a merge step of each word in turn, until all are done
+            while !active.is_empty() {
+                let mut i = 0;
+                while i < active.len() {
+                    if self.bpe.merge_step(&mut jobs[active[i] as usize]) {
+                        i += 1;
+                    } else {
+                        active.swap_remove(i);
+                    }
+                }
+            }
+        }
+        // 4. the ids, in order
         for p in pending.drain(..) {
             match p {
                 Pending::Id(id) => out.push(id),
                 Pending::Ids(ids, n) => push_ids(out, &ids, n as usize),
+                Pending::Merge(k, j) => {
+                    let ids = jobs[j as usize].ids();
+                    out.extend_from_slice(ids);
+                    words.put_short(&k, ids);
+                }
                 Pending::Short(k) => {
-                    if words.get_short(&k, out) {
-                        continue;
-                    }
+                    // not a whole token, too many symbols to merge by scanning
                     let mut buf = [0u8; KEY_MAX];
                     let n = k.bytes(&mut buf);
                     let start = out.len();
-                    self.bpe.tokenize_short(&k, &buf[..n], scratch, out);
+                    self.bpe.merge_word(&buf[..n], scratch, out);
                     words.put_short(&k, &out[start..]);
+                }
+                Pending::LongMerge(start, len, j) => {
+                    let ids = jobs[j as usize].ids();
+                    out.extend_from_slice(ids);
+                    if self.cache_size > 0 && len <= MAX_CACHED_WORD {
+                        words.put_long(&long_bytes[start..start + len], ids);
+                    }
                 }
                 Pending::Long(start, len) => {
                     let w = &long_bytes[start..start + len];

@@ -21,7 +21,7 @@
 //! them: other model types, `treat_whitespace_as_suffix`, UNUSED pieces (their resegmentation),
 //! NaN scores.  `tests/test_native_sentencepiece.py` compares with the library.
 
-use crate::cache::{WordCache, MAX_CACHED_WORD};
+use crate::cache::{push_ids, WordCache, IDS_MAX, MAX_CACHED_WORD};
 use crate::table::{PairTable, ShortKey, NO_MERGE};
 use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
@@ -657,7 +657,9 @@ impl SentencePiece {
             return;
         }
         if let Some(k) = ShortKey::new(s) {
-            if cache.words.get_short(&k, out) {
+            let mut ids = [0u32; IDS_MAX];
+            if let Some(n) = cache.words.get_short(&k, &mut ids) {
+                push_ids(out, &ids, n);
                 return;
             }
             let start = out.len();

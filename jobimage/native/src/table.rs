@@ -95,22 +95,22 @@ pub fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
-/// `(left, right)` → `(rank, merged id)`: open addressing with linear probing over 8-byte
-/// slots `left | right << 21 | (value + 1) << 42` (0 = empty), so that the table of a 128k-token
-/// vocab's merges is 4 MiB; `values[value]` is the pair's `(rank, merged id)` (HF: one value per
-/// merge rule; SentencePiece: one per piece, whose score gives the rank, shared by equal scores).
-/// Ids must be below 2^21 and values below 2^22 - 1 (checked; larger vocabularies are refused).
+/// `(left, right)` → `(rank, merged id)`: open addressing with linear probing over 16-byte
+/// slots `[left | right << 21 | 1 << 63, rank | merged << 32]` (first word 0 = empty).  The
+/// value sits in the slot beside its key, so a lookup is one cache line: the merge loops chain
+/// one lookup on the next, and a second, dependent load of the value would double their wait on
+/// memory.  A 128k-token vocab's merges take 4 MiB.  Ids must be below 2^21 (checked; larger
+/// vocabularies are refused).
 pub struct PairTable {
-    slots: HugeBuf<u64>,
+    slots: HugeBuf<[u64; 2]>,
     mask: usize,
-    values: Vec<(u32, u32)>,
 }
 
 pub const NO_MERGE: (u32, u32) = (u32::MAX, u32::MAX);
 const ID_BITS: u32 = 21;
-const KEY_MASK: u64 = (1 << (2 * ID_BITS)) - 1;
+/// Marks a used slot (keys use the low 42 bits).
+const USED: u64 = 1 << 63;
 pub const MAX_ID: u32 = (1 << ID_BITS) - 1;
-pub const MAX_VALUE: u32 = (1 << (64 - 2 * ID_BITS)) - 2;
 
 #[inline(always)]
 fn pair_key(a: u32, b: u32) -> u64 {
@@ -123,32 +123,36 @@ fn pair_slot(key: u64, mask: usize) -> usize {
 }
 
 impl PairTable {
-    /// From `(left, right, value)` entries and the `(rank, merged id)` of each value; a later
-    /// entry for the same pair replaces an earlier one (as HF's `collect::<HashMap>()` does).
+    /// From `(left, right, value)` entries and the `(rank, merged id)` of each value (HF: one
+    /// value per merge rule; SentencePiece: one per piece, whose score gives the rank, shared by
+    /// equal scores); a later entry for the same pair replaces an earlier one (as HF's
+    /// `collect::<HashMap>()` does).
     pub fn new(entries: impl ExactSizeIterator<Item = (u32, u32, u32)>, values: Vec<(u32, u32)>) -> Result<Self, String> {
         let n = (entries.len() * 3 / 2).max(16).next_power_of_two();
         let mut t = Self {
             slots: HugeBuf::new(n),
             mask: n - 1,
-            values,
         };
         for (a, b, v) in entries {
-            if a > MAX_ID || b > MAX_ID || v > MAX_VALUE || v as usize >= t.values.len() {
-                return Err(format!("more than {MAX_ID} tokens or {MAX_VALUE} merges"));
+            if a > MAX_ID || b > MAX_ID {
+                return Err(format!("more than {} tokens", MAX_ID + 1));
             }
-            t.insert(a, b, v);
+            let &(rank, merged) = values
+                .get(v as usize)
+                .ok_or_else(|| format!("internal error: merge value {v} of {}", values.len()))?;
+            t.insert(a, b, rank, merged);
         }
         Ok(t)
     }
 
-    fn insert(&mut self, a: u32, b: u32, value: u32) {
-        let key = pair_key(a, b);
+    fn insert(&mut self, a: u32, b: u32, rank: u32, merged: u32) {
+        let key = pair_key(a, b) | USED;
         let slots = self.slots.as_mut();
         let mut i = pair_slot(key, self.mask);
         loop {
             let s = &mut slots[i];
-            if *s == 0 || *s & KEY_MASK == key {
-                *s = key | ((value as u64 + 1) << (2 * ID_BITS));
+            if s[0] == 0 || s[0] == key {
+                *s = [key, rank as u64 | (merged as u64) << 32];
                 return;
             }
             i = (i + 1) & self.mask;
@@ -157,7 +161,7 @@ impl PairTable {
 
     #[inline(always)]
     pub fn prefetch(&self, a: u32, b: u32) {
-        prefetch(&self.slots.as_ref()[pair_slot(pair_key(a, b), self.mask)]);
+        prefetch(&self.slots.as_ref()[pair_slot(pair_key(a, b) | USED, self.mask)]);
     }
 
     /// `(rank, merged id)`, or [`NO_MERGE`].
@@ -166,15 +170,15 @@ impl PairTable {
         if (a | b) > MAX_ID {
             return NO_MERGE; // such ids are in no merge (checked when built)
         }
-        let key = pair_key(a, b);
+        let key = pair_key(a, b) | USED;
         let slots = self.slots.as_ref();
         let mut i = pair_slot(key, self.mask);
         loop {
             let s = slots[i];
-            if s & KEY_MASK == key && s != 0 {
-                return self.values[(s >> (2 * ID_BITS)) as usize - 1];
+            if s[0] == key {
+                return (s[1] as u32, (s[1] >> 32) as u32);
             }
-            if s == 0 {
+            if s[0] == 0 {
                 return NO_MERGE;
             }
             i = (i + 1) & self.mask;
