@@ -70,6 +70,46 @@ def test_unreadable_and_garbage_tokenizers(tmp_path):
         tokenization.load(tokenization.resolve_config("huggingface", bad_json))
 
 
+def test_preload_builds_once_and_load_waits_for_it(tmp_path, monkeypatch):
+    """binarize starts the tokenizer's build on a thread before its imports; the run's load takes
+    that very tokenizer (one build), and a tokenizer whose files changed since is built anew."""
+    d = tmp_path / "hf"
+    d.mkdir()
+    for f in HF_DIR.iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    built = []
+    real = tokenization._build
+    monkeypatch.setattr(tokenization, "_build", lambda cfg: built.append(cfg) or real(cfg))
+    cfg = tokenization.resolve_config("huggingface", d)
+    tokenization.preload(cfg)
+    tokenization.preload(cfg)  # a second call starts nothing
+    tok = tokenization.load(cfg)
+    assert tokenization.load(cfg) is tok and len(built) == 1
+    assert tok.encode("hello world").tolist() == real(cfg).encode("hello world").tolist()
+    tokenization.preload(cfg)  # already loaded: nothing to start
+    assert len(built) == 1
+    # the files change after the preload: the preloaded tokenizer is not used
+    tokenization.preload(tokenization.resolve_config("huggingface", d, eod_id=7))
+    (d / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}) + " " * 7)
+    assert tokenization.load(tokenization.resolve_config("huggingface", d, eod_id=7)).eod == 7
+    assert len(built) == 3  # the preload's, then the load's of the changed files
+
+
+def test_preload_errors_are_raised_by_load_as_without_it(tmp_path):
+    bad_json = tmp_path / "tokenizer.json"
+    bad_json.write_text('{"version": "1.0", "model": 3}')
+    cfg = tokenization.resolve_config("huggingface", bad_json)
+    tokenization.preload(cfg)
+    with pytest.raises(TokenizerError, match="not a valid HuggingFace tokenizer.json"):
+        tokenization.load(cfg)
+    with pytest.raises(TokenizerError, match="not a valid HuggingFace tokenizer.json"):
+        tokenization.load(cfg)  # and again, without a preload
+    # through the CLI: the message, not a traceback, and nothing written
+    rc = cli.main(["binarize", "--input", str(CORPUS_A), "--output-prefix", str(tmp_path / "o"),
+                   "--tokenizer-model", str(bad_json), "--tokenizer-type", "huggingface", "--no-progress"])
+    assert rc != 0 and not list(tmp_path.glob("o_*"))
+
+
 def test_append_eod_without_eos_is_a_clear_error(tmp_path):
     d = tmp_path / "hf"
     d.mkdir()

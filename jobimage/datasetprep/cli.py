@@ -147,7 +147,7 @@ def parse_size(text: str | None, flag: str) -> int:
 
 
 def cmd_binarize(a) -> int:
-    from . import layout, pipeline, progress, readers, tokenization
+    from . import tokenization
 
     if a.dataset_impl != "mmap":
         return _die(f"--dataset-impl {a.dataset_impl} is a legacy format; only mmap (MMIDIDX) is written", 2)
@@ -161,6 +161,9 @@ def cmd_binarize(a) -> int:
     cfg = tokenization.resolve_config(kind, path, vocab_size=a.vocab_size, eod_id=a.eod_id,
                                       add_special_tokens=not a.tokenizer_hf_no_include_special_tokens,
                                       use_native=not a.no_native)
+    tokenization.preload(cfg)  # built while the rest is imported and the run is prepared
+    from . import layout, pipeline, progress, readers
+
     inputs = readers.expand_inputs(a.input)
     prog = progress.make(not a.no_progress)
     req = pipeline.Request(

@@ -9,8 +9,10 @@ an exception cannot be of a type whose module was never imported.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-from .contract import ErrorKind, Failed
+if TYPE_CHECKING:  # the contract's pydantic models are imported where a result is made (failure)
+    from .contract import ErrorKind, Failed
 
 
 class BinarizeError(RuntimeError):
@@ -80,6 +82,8 @@ def user_message(exc: BaseException) -> str:
 
 def failure(exc: BaseException, *, secret: str | None = None) -> Failed:
     """The job's result for an exception, with ``secret`` (the token) masked in the message."""
+    from .contract import Failed
+
     message, kind = describe(exc)
     if secret:
         message = message.replace(secret, "***")
