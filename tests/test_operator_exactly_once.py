@@ -241,3 +241,43 @@ def test_the_runtime_keeps_each_body_without_its_managed_fields():
     assert "managedFields" not in kept["metadata"]
     assert kept == {**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "managedFields"}}
     assert body["metadata"]["managedFields"], "the watch's own body is not changed"
+
+
+def test_an_object_deleted_before_its_status_write_ends_the_look_quietly(caplog):
+    """The namespace (or the DatasetPrep) is deleted while a look is deciding: the status write gets
+    404. That is the end of this object, not an error: the look stops (no retry, no traceback, no
+    event), as the fresh read the runtime makes after a lost write finds nothing."""
+    w = World()
+    key = w.key
+    w.run()
+    w.finish(message=json.dumps(RESULT))
+    w.runtime.bodies.note(w.body)
+    seen = w.watched()
+    w.runtime.indexes.seen = lambda: seen
+    del w.kube.datasetpreps[key]  # deleted after the watch delivered it
+    events = len(w.kube.events)
+    with caplog.at_level("DEBUG"):
+        assert w.runtime.sync(key) is None
+    assert w.kube.calls[-2:] == ["patch_status wiki", "get_datasetprep wiki"]
+    assert len(w.kube.events) == events and w.metrics.errors == 0 and w.metrics.succeeded == 0
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING") or r.exc_info]
+
+
+def test_a_look_at_an_older_generation_starts_no_job():
+    """The spec changed twice within a moment and the look at the middle version comes after the last
+    is stored: that look starts no Job (a short run could publish before its deletion took effect);
+    the runtime decides again on the stored version and starts only its Job."""
+    w = World()
+    key = w.key
+    w.change_spec(appendEod=False)
+    middle = copy.deepcopy(w.body)
+    w.change_spec(workers=3)
+    with pytest.raises(Stale):
+        w.run(body=middle)
+    assert w.kube.jobs == {} and w.kube.events == []
+    w.runtime.bodies.note(middle)  # what the watch handed over
+    seen = w.watched()
+    w.runtime.indexes.seen = lambda: seen
+    w.runtime.sync(key)
+    assert len(w.kube.jobs) == 1 and w.body["status"]["observedGeneration"] == 3
+    assert w.reasons() == ["JobCreated"] and w.metrics.errors == 0

@@ -150,7 +150,8 @@ def test_reuse_never_or_a_stale_candidate_launches_a_job():
     stale["metadata"]["generation"] = 2  # its spec changed since the watch saw it Ready
     w = World()
     seen = reusing(w, source)
-    w.kube.get_datasetprep = lambda ns, name: stale
+    real_get = w.kube.get_datasetprep
+    w.kube.get_datasetprep = lambda ns, name: stale if name == source["metadata"]["name"] else real_get(ns, name)
     w.run(seen=seen)
     assert len(w.kube.jobs) == 1 and w.body["status"]["phase"] == "Running"
 

@@ -51,13 +51,18 @@ def api_client_from_environment(pool_size: int | None = None) -> kubernetes.clie
     return kubernetes.client.ApiClient(configuration)
 
 
+class Stale(Exception):
+    """The object changed since the body a decision was made on (HTTP 409 on a conditional write, a 404:
+    it is gone, or a newer generation found before starting a run): decide again on a fresh read."""
+
+
 @contextlib.contextmanager
 def translate_api_errors(what: str) -> Iterator[None]:
     """Turn API and connection errors into kopf's retry/give-up signals, naming the action."""
     try:
         yield
     except ApiException as exc:
-        detail = _reason(exc)
+        detail = api_reason(exc)
         if exc.status in _RETRY_FAST or exc.status is None:
             raise kopf.TemporaryError(f"{what}: {detail}", delay=5) from exc
         if exc.status in _RETRY_SLOW:
@@ -67,7 +72,8 @@ def translate_api_errors(what: str) -> Iterator[None]:
         raise kopf.TemporaryError(f"{what}: {exc}", delay=5) from exc
 
 
-def _reason(exc: ApiException) -> str:
+def api_reason(exc: ApiException) -> str:
+    """One line for an API error: status, reason and the server's message (no headers)."""
     try:
         body = json.loads(exc.body or "")
         return f"{exc.status} {body.get('reason', '')}: {body.get('message', '')}".strip()

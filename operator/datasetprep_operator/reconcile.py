@@ -47,7 +47,7 @@ from datasetprep_operator.diagnosis import (POD_EVENT_READS, RECHECK_SECONDS, cr
 from datasetprep_operator.jobs import CONTAINER_NAME, RunJobs, build_job, claim_mounts
 from datasetprep_operator.jobstate import (attempt_failure, culprit, failure_reason, has_succeeded_pod, job_state,
                                            killed_by_the_node, last_result, owned_by, said_its_own_error, terminated)
-from datasetprep_operator.kube import Kube, translate_api_errors
+from datasetprep_operator.kube import Kube, Stale, translate_api_errors
 from datasetprep_operator.naming import ANNOTATION_RETRY, JOB_UID_LABEL, LABEL_OWNER_UID, config_map_name
 from datasetprep_operator.podprogress import ProgressLogs
 from datasetprep_operator.results import read_result, reused_result
@@ -287,10 +287,27 @@ def _start(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs:
                        events=[Event("Warning", "WaitingForClaim", message)] if status.message != message else [],
                        error=kopf.TemporaryError(message, delay=CLAIM_RETRY_SECONDS))
     _delete_superseded_jobs(res, ctx, seen, keep=jobs.names, finished_too=False)
+    _still_newest(res, ctx)
     manifest = build_job(spec, jobs.plans[0], parent=res.name, namespace=res.namespace, parent_uid=res.uid,
                          config=ctx.config, retry=res.retry)
     job, _ = create_adopted_job(res, ctx, manifest)
     return job
+
+
+def _still_newest(res: Resource, ctx: Context) -> None:
+    """A run's first Job is created only for the stored generation. The body this look decides on can be
+    older: a spec changed twice within a moment reaches the watch as two versions, and the look at the
+    first may come after the second is stored. Its status write would lose (409), but a Job created
+    before that write would run, and a short run can publish before its deletion takes effect. One read
+    per new run.
+
+    Raises:
+        Stale: the stored object has another generation, or is gone (decide again on a fresh read).
+    """
+    with translate_api_errors(f"reading DatasetPrep {res.name}"):
+        stored = ctx.kube.get_datasetprep(res.namespace, res.name)
+    if stored is None or (stored.get("metadata") or {}).get("generation") != res.generation:
+        raise Stale()
 
 
 def _follow(res: Resource, ctx: Context, seen: Seen, spec: DatasetPrepSpec, jobs: RunJobs, job: Mapping[str, Any],

@@ -44,7 +44,7 @@ from datasetprep_operator.blendinputs import summary as prep_summary
 from datasetprep_operator.blendjobs import COMPONENT as FILES_COMPONENT
 from datasetprep_operator.blendreconcile import BlendSeen, reconcile_blend
 from datasetprep_operator.deletion import delete_data
-from datasetprep_operator.kube import Kube, api_client_from_environment, translate_api_errors
+from datasetprep_operator.kube import Kube, Stale, api_client_from_environment, api_reason, translate_api_errors
 from datasetprep_operator.metrics import PHASES, Metrics
 from datasetprep_operator.naming import ANNOTATION_OWNER_NAME, JOB_NAME_LABEL, LABEL_COMPONENT, LABEL_OWNER_UID
 from datasetprep_operator.reconcile import Context, Event, Outcome, Resource, Seen, reconcile
@@ -75,10 +75,6 @@ class BlendKey:
 
     namespace: str
     name: str
-
-
-class Stale(Exception):
-    """The object changed since the body a decision was made on (HTTP 409 on a conditional write)."""
 
 
 def without_managed_fields(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -306,7 +302,7 @@ class Runtime:
         """
         try:
             outcome = decide()
-        except kopf.TemporaryError:
+        except (kopf.TemporaryError, Stale):
             raise
         except Exception:
             self.metrics.reconcile_error()
@@ -324,12 +320,13 @@ class Runtime:
     def _write(self, res: Resource, write: Callable[[str], dict[str, Any]], *,
                store: Bodies | None = None) -> dict[str, Any]:
         """One conditional write (at the body's resourceVersion); the new body is kept (in ``store``, the
-        DatasetPreps' by default). Raises :class:`Stale` on a 409."""
+        DatasetPreps' by default). Raises :class:`Stale` on a 409, and on a 404: the object was deleted since
+        it was read (its namespace too, perhaps); the caller's fresh read finds it gone and stops there."""
         with translate_api_errors(f"updating {res.body.get('kind') or 'DatasetPrep'} {res.name}"):
             try:
                 new = write(res.meta["resourceVersion"])
             except ApiException as exc:
-                if exc.status == 409:
+                if exc.status in (404, 409):
                     raise Stale() from exc
                 raise
         (store or self.bodies).note(new)
@@ -355,7 +352,8 @@ class Runtime:
         try:
             self.kube.post_event(body, event.type, event.reason, event.message)
         except Exception as exc:  # noqa: BLE001 - the decision stands; the event is best effort
-            log(body, logging.WARNING, f"could not post the {event.reason} event: {exc}")
+            detail = api_reason(exc) if isinstance(exc, ApiException) else exc
+            log(body, logging.WARNING, f"could not post the {event.reason} event: {detail}")
 
     def _deleting(self, res: Resource, finalizers: list[str]) -> Outcome:
         """One step of ``deleteDataOnDelete``; the finalizer comes off when it is done.
