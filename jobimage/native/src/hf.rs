@@ -454,8 +454,7 @@ pub fn build_engine(json: &str, opts: Options) -> R<(Engine, Vocab)> {
         },
     };
 
-    let mut merges: Vec<(u32, u32, u32)> = Vec::with_capacity(merges_list.len());
-    let mut merge_values: Vec<(u32, u32)> = Vec::with_capacity(merges_list.len());
+    let mut merges: Vec<(u32, u32, u32, u32)> = Vec::with_capacity(merges_list.len());
     let mut ab = String::new();
     for (rank, (a, b)) in merges_list.iter().enumerate() {
         let (a, b) = (a.as_ref(), b.as_ref());
@@ -471,10 +470,9 @@ pub fn build_engine(json: &str, opts: Options) -> R<(Engine, Vocab)> {
         let new_id = *vocab
             .get(ab.as_str())
             .ok_or_else(|| format!("merged token {ab:?} not in vocab"))?;
-        merges.push((a_id, b_id, rank as u32));
-        merge_values.push((rank as u32, new_id));
+        merges.push((a_id, b_id, rank as u32, new_id));
     }
-    let merges = PairTable::new(merges.into_iter(), merge_values)?;
+    let merges = PairTable::new(merges.into_iter())?;
 
     let whole_word = if ignore_merges {
         let words: Vec<(Vec<u8>, u32)> = vocab

@@ -555,8 +555,8 @@ impl SentencePiece {
         }
         // A pair maps to one piece (its concatenation); sort for a deterministic table.
         entries.sort_unstable();
-        let values = spec.pieces.iter().enumerate().map(|(id, p)| (rank_of(p.1), id as u32)).collect();
-        let merges = PairTable::new(entries.into_iter(), values)?;
+        let ranks: Vec<u32> = spec.pieces.iter().map(|p| rank_of(p.1)).collect();
+        let merges = PairTable::new(entries.into_iter().map(|(x, y, id)| (x, y, ranks[id as usize], id)))?;
         let out_id = (0..n_pieces)
             .map(|id| reserved.get(&spec.pieces[id as usize].0).copied().unwrap_or(id))
             .collect();

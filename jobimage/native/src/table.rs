@@ -123,23 +123,18 @@ fn pair_slot(key: u64, mask: usize) -> usize {
 }
 
 impl PairTable {
-    /// From `(left, right, value)` entries and the `(rank, merged id)` of each value (HF: one
-    /// value per merge rule; SentencePiece: one per piece, whose score gives the rank, shared by
-    /// equal scores); a later entry for the same pair replaces an earlier one (as HF's
-    /// `collect::<HashMap>()` does).
-    pub fn new(entries: impl ExactSizeIterator<Item = (u32, u32, u32)>, values: Vec<(u32, u32)>) -> Result<Self, String> {
+    /// From `(left, right, rank, merged id)` entries; a later entry for the same pair replaces
+    /// an earlier one (as HF's `collect::<HashMap>()` does).
+    pub fn new(entries: impl ExactSizeIterator<Item = (u32, u32, u32, u32)>) -> Result<Self, String> {
         let n = (entries.len() * 3 / 2).max(16).next_power_of_two();
         let mut t = Self {
             slots: HugeBuf::new(n),
             mask: n - 1,
         };
-        for (a, b, v) in entries {
+        for (a, b, rank, merged) in entries {
             if a > MAX_ID || b > MAX_ID {
                 return Err(format!("more than {} tokens", MAX_ID + 1));
             }
-            let &(rank, merged) = values
-                .get(v as usize)
-                .ok_or_else(|| format!("internal error: merge value {v} of {}", values.len()))?;
             t.insert(a, b, rank, merged);
         }
         Ok(t)

@@ -112,16 +112,15 @@ pub fn build_engine(data: &[u8], pattern: &str, cache_size: usize) -> R<(Engine,
             .ok_or_else(|| format!("the rank file lacks single-byte tokens (e.g. byte {b})"))?;
         byte_init.push(ByteInit::Id(id));
     }
-    let mut merges: Vec<(u32, u32, u32)> = Vec::new();
+    let mut merges: Vec<(u32, u32, u32, u32)> = Vec::new();
     for (r, t) in ranks.iter().enumerate() {
         for i in 1..t.len() {
             if let (Some(&a), Some(&b)) = (ids.get(&t[..i]), ids.get(&t[i..])) {
-                merges.push((a, b, r as u32));
+                merges.push((a, b, r as u32, r as u32));
             }
         }
     }
-    let values = (0..ranks.len() as u32).map(|r| (r, r)).collect();
-    let merges = PairTable::new(merges.into_iter(), values)?;
+    let merges = PairTable::new(merges.into_iter())?;
     let whole_word = TokenTable::new(ranks.iter().enumerate().map(|(r, t)| (t.clone(), r as u32)));
     let n = ranks.len();
     let bpe = BpeModel {
